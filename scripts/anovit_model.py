@@ -1,0 +1,228 @@
+"""AnoViT (Lee & Kang 2022): a ViT encoder whose patch embeddings, class token dropped, are
+reshaped in patch order into a D x H/16 x W/16 map that a convolutional decoder turns back into
+the image. Anomaly score = reconstruction error (see common.score).
+
+Module names follow timm's VisionTransformer (patch_embed.proj, cls_token, pos_embed,
+blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}, norm) so that a local timm checkpoint
+loads with a plain state_dict load.
+
+Run as a script to print parameters and GFLOP of each size:  python scripts/anovit_model.py
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SIZES = {
+    # Board size: ViT-Ti width, half depth; ~1.9 GFLOP per 224x224 frame (limit 2).
+    "edge": dict(dim=192, depth=6, heads=3, mlp_ratio=4.0, decoder=(128, 64, 32)),
+    # The paper's encoder (ViT-B/16) and decoder widths.
+    "paper": dict(dim=768, depth=12, heads=12, mlp_ratio=4.0, decoder=(256, 128, 64)),
+    # Test-only: small enough for a CPU end-to-end run in seconds.
+    "tiny": dict(dim=32, depth=1, heads=2, mlp_ratio=2.0, decoder=(16, 8, 8)),
+}
+PATCH = 16
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, dim: int, patch: int = PATCH):
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D), patches in raster order
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        # timm's qkv layout: (B, N, 3, heads, head_dim), so pretrained weights mean the same thing.
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        # Written out (no F.scaled_dot_product_attention) so the ONNX graph holds two plain
+        # activation x activation MatMuls that quantize.py can find and exclude.
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        # tanh GELU: tract 0.23.9 has no NNEF serializer for the exact (erf) GELU.
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def up_stage(c_in: int, c_out: int) -> nn.Sequential:
+    # BatchNorm instead of the paper's InstanceNorm: at inference BatchNorm is a fixed affine map
+    # that folds into the ConvTranspose weights at export, while InstanceNorm computes statistics
+    # per frame and stays in the graph, costing time on the board.
+    return nn.Sequential(
+        nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class AnoViT(nn.Module):
+    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float, decoder=(128, 64, 32),
+                 image_size: int = 224, mask_ratio: float = 0.0, patch: int = PATCH):
+        super().__init__()
+        if image_size % patch:
+            raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch}")
+        if len(decoder) != int(math.log2(patch)) - 1:
+            raise ValueError(f"decoder needs {int(math.log2(patch)) - 1} stages for patch {patch}")
+        self.dim, self.grid, self.mask_ratio = dim, image_size // patch, mask_ratio
+        self.patch_embed = PatchEmbed(dim, patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, dim))
+        # Replaces masked patch tokens during training (mask_ratio > 0): the model must then
+        # inpaint those patches from context instead of copying them, defects included.
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        chans = (dim, *decoder)
+        self.decoder = nn.Sequential(
+            *(up_stage(a, b) for a, b in zip(chans[:-1], chans[1:])),
+            # No output activation: the targets are per-channel standardised, a Tanh would clip them.
+            nn.ConvTranspose2d(chans[-1], 3, kernel_size=4, stride=2, padding=1),
+        )
+        self._init_weights()
+
+    def _init_weights(self):
+        for p in (self.cls_token, self.pos_embed, self.mask_token):
+            nn.init.trunc_normal_(p, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.normal_(m.weight, 0.0, 0.02)  # N(0, 0.02) as in the paper
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        tokens = self.patch_embed(x)
+        if self.training and self.mask_ratio > 0:
+            b, n, _ = tokens.shape
+            n_mask = int(round(self.mask_ratio * n))
+            # Exactly n_mask random patches per image: ranks of a random permutation.
+            masked = torch.rand(b, n, device=x.device).argsort(dim=1).argsort(dim=1) < n_mask
+            tokens = torch.where(masked[..., None], self.mask_token.expand_as(tokens), tokens)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1) + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.norm(x)[:, 1:]  # drop the class token; keep every patch, in patch order
+        fmap = x.transpose(1, 2).reshape(x.shape[0], self.dim, self.grid, self.grid)
+        return self.decoder(fmap)
+
+
+def build(size: str, image_size: int = 224, mask_ratio: float = 0.0) -> AnoViT:
+    return AnoViT(**SIZES[size], image_size=image_size, mask_ratio=mask_ratio)
+
+
+def arch_dict(size: str) -> dict:
+    """The manifest's informative `model.arch` object."""
+    cfg = SIZES[size]
+    return {"kind": "anovit", "size": size, "dim": cfg["dim"], "depth": cfg["depth"], "heads": cfg["heads"],
+            "mlp_ratio": float(cfg["mlp_ratio"]), "patch": PATCH, "decoder": list(cfg["decoder"])}
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters used at inference (the training-only mask token excluded)."""
+    return sum(p.numel() for name, p in model.named_parameters() if name != "mask_token")
+
+
+@torch.no_grad()
+def count_gflop(model: AnoViT, image_size: int) -> float:
+    """GFLOP per frame: multiply-adds of linear, conv, transposed conv and the two attention
+    matmuls, times 2. Norms, softmax, GELU and additions are not counted."""
+    macs = 0
+
+    def hook(m, inp, out):
+        nonlocal macs
+        if isinstance(m, nn.Linear):
+            macs += out.numel() * m.in_features
+        elif isinstance(m, nn.Conv2d):
+            macs += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.ConvTranspose2d):
+            macs += inp[0].numel() * m.out_channels * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, Attention):
+            b, n, d = inp[0].shape
+            macs += 2 * b * n * n * d  # q k^T and attn v, over all heads
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, Attention))]
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return 2 * macs / 1e9
+
+
+def load_pretrained(model: AnoViT, path: str | Path) -> dict:
+    """Loads a local timm-named ViT checkpoint into the encoder (strict=False) and reports what
+    matched. pos_embed is interpolated (bicubic, as timm does) when the patch grid differs."""
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    own = model.state_dict()
+    pe = sd.get("pos_embed")
+    if pe is not None and pe.shape != own["pos_embed"].shape and pe.shape[-1] == own["pos_embed"].shape[-1]:
+        old = int(math.isqrt(pe.shape[1] - 1))
+        grid = pe[:, 1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(model.grid, model.grid), mode="bicubic", align_corners=False)
+        sd["pos_embed"] = torch.cat([pe[:, :1], grid.permute(0, 2, 3, 1).reshape(1, model.grid**2, -1)], dim=1)
+    usable = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(usable, strict=False)
+    report = {
+        "matched": sorted(usable),
+        "shape_mismatch": sorted(k for k in sd if k in own and k not in usable),
+        "unused": sorted(k for k in sd if k not in own),
+        "missing_encoder": sorted(k for k in own if k not in usable and not k.startswith("decoder")),
+    }
+    print(f"pretrained {path}: {len(report['matched'])} tensors loaded, "
+          f"{len(report['shape_mismatch'])} shape mismatches, {len(report['unused'])} unused, "
+          f"encoder tensors left at init: {report['missing_encoder']}")
+    return report
+
+
+if __name__ == "__main__":
+    for name in ("edge", "paper"):
+        m = build(name)
+        print(f"{name}: {count_params(m) / 1e6:.2f} M params, {count_gflop(m, 224):.3f} GFLOP per 224x224 frame")

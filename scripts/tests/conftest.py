@@ -1,0 +1,6 @@
+"""Puts scripts/ on sys.path: the scripts are plain modules, not a package."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

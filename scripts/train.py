@@ -1,0 +1,166 @@
+"""Trains AnoViT on good images only (MSE reconstruction), with early stopping on a held-out
+validation split of the good images; the best weights go into a checkpoint for export.py.
+
+    python scripts/train.py --data out/demo-data --size edge --epochs 60 --out out/demo.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import anovit_model
+import common
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="data set root")
+    p.add_argument("--layout", choices=common.LAYOUTS, default="mvtec")
+    p.add_argument("--size", choices=sorted(anovit_model.SIZES), default="edge")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--color", choices=("rgb", "gray"), default="rgb")
+    p.add_argument("--roi", type=lambda s: tuple(int(v) for v in s.split(",")), default=None, help="x,y,w,h")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--cosine", action="store_true", help="cosine-decay the learning rate over --epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--patience", type=int, default=12)
+    p.add_argument("--mask-ratio", type=float, default=0.0, help="share of patch tokens masked in training")
+    p.add_argument("--pretrained", type=Path, default=None, help="local timm-named ViT checkpoint")
+    p.add_argument("--max-train-images", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file")
+    return p.parse_args(argv)
+
+
+def load_stack(samples, pre: common.Preprocess) -> torch.Tensor:
+    return torch.from_numpy(np.stack([pre(common.load_rgb(s.path)) for s in samples]))
+
+
+def evaluate_loss(model, x: torch.Tensor, batch: int) -> float:
+    model.eval()
+    with torch.no_grad():
+        total = sum(F.mse_loss(model(x[i:i + batch]), x[i:i + batch], reduction="sum").item()
+                    for i in range(0, len(x), batch))
+    return total / x.numel()
+
+
+def train(args) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+
+    samples, _ = common.discover(args.data, args.layout)
+    fingerprint = common.data_fingerprint(args.data, samples)
+    n_val = max(1, int(round(args.val_fraction * len(samples))))
+    train_s, val_s = common.split_train_val(samples, n_val, args.seed)
+    if args.max_train_images:
+        train_s = train_s[: args.max_train_images]
+
+    # Decode and preprocess everything once: the data set fits in memory and epochs stay cheap.
+    t0 = time.time()
+    geom = common.Preprocess(args.image_size, args.image_size, (0.0,) * 3, (1.0,) * 3, args.color, args.roi)
+    raw_train = load_stack(train_s, geom)
+    mean = tuple(float(v) for v in raw_train.mean(dim=(0, 2, 3), dtype=torch.float64))
+    std = tuple(float(v) for v in raw_train.std(dim=(0, 2, 3)).double())
+    pre = common.Preprocess(args.image_size, args.image_size, mean, std, args.color, args.roi)
+    m_t, s_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    x_train = ((raw_train - m_t) / s_t).float()
+    del raw_train
+    x_val = load_stack(val_s, pre)
+    print(f"data: {len(train_s)} train / {len(val_s)} val images at {args.image_size}px, "
+          f"mean {np.round(mean, 4).tolist()} std {np.round(std, 4).tolist()}, loaded in {time.time() - t0:.1f}s",
+          flush=True)
+
+    model = anovit_model.build(args.size, args.image_size, args.mask_ratio)
+    if args.pretrained:
+        anovit_model.load_pretrained(model, args.pretrained)
+    params = anovit_model.count_params(model)
+    gflop = anovit_model.count_gflop(model, args.image_size)
+    print(f"model: AnoViT-{args.size}, {params / 1e6:.2f} M params, {gflop:.3f} GFLOP/frame, "
+          f"mask_ratio {args.mask_ratio}", flush=True)
+
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.999))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs) if args.cosine else None
+    gen = torch.Generator().manual_seed(args.seed)
+    best = {"val_loss": float("inf"), "epoch": 0, "state": None}
+    history = []
+    start = time.time()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def checkpoint() -> dict:
+        return {
+            "state_dict": best["state"],
+            "size": args.size,
+            "arch": anovit_model.arch_dict(args.size),
+            "image_size": args.image_size,
+            "mask_ratio": args.mask_ratio,
+            "params": params,
+            "gflop": gflop,
+            "input": pre.to_manifest(),
+            "training": {
+                "dataset": str(args.data),
+                "layout": args.layout,
+                "data_fingerprint": fingerprint,
+                "n_train": len(train_s),
+                "n_val": len(val_s),
+                "epochs": len(history),
+                "best_epoch": best["epoch"],
+                "seed": args.seed,
+                "val_loss": best["val_loss"],
+            },
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "history": history,
+            "train_seconds": time.time() - start,
+        }
+
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        t_ep = time.time()
+        order = torch.randperm(len(x_train), generator=gen)
+        total = 0.0
+        for i in range(0, len(order), args.batch):
+            xb = x_train[order[i:i + args.batch]]
+            loss = F.mse_loss(model(xb), xb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(xb)
+        if sched:
+            sched.step()
+        val_loss = evaluate_loss(model, x_val, args.batch)
+        dt = time.time() - t_ep
+        history.append({"epoch": epoch, "loss": total / len(x_train), "val_loss": val_loss, "seconds": dt})
+        improved = val_loss < best["val_loss"]
+        if improved:
+            best = {"val_loss": val_loss, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            torch.save(checkpoint(), args.out)  # best so far: inspectable mid-run, survives a crash
+        print(f"epoch {epoch:3d}  loss {total / len(x_train):.5f}  val {val_loss:.5f}{' *' if improved else '  '}  "
+              f"{dt:.1f}s ({len(x_train) / dt:.1f} img/s)", flush=True)
+        if epoch - best["epoch"] >= args.patience:
+            print(f"early stop: no val improvement for {args.patience} epochs", flush=True)
+            break
+        if args.max_minutes and time.time() - start > 60 * args.max_minutes:
+            print(f"time budget of {args.max_minutes} min reached", flush=True)
+            break
+
+    ckpt = checkpoint()
+    torch.save(ckpt, args.out)
+    print(f"best epoch {best['epoch']} val {best['val_loss']:.5f}; {len(history)} epochs in "
+          f"{ckpt['train_seconds'] / 60:.1f} min; saved {args.out}", flush=True)
+    return ckpt
+
+
+if __name__ == "__main__":
+    train(parse_args())

@@ -1,0 +1,277 @@
+//! Board profiles: `board/<name>.toml`, loaded and validated once at start-up.
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default on a production
+//! line), and every range is checked with a message that names the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::actuation::Polarity;
+use crate::error::{Error, Result};
+
+/// Where frames come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// The built-in synthetic conveyor.
+    Synthetic,
+    /// A folder of images, replayed.
+    Folder,
+}
+
+/// Camera section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Camera {
+    /// Source kind.
+    pub source: SourceKind,
+    /// Folder to replay (`source = "folder"`), relative to the profile file.
+    #[serde(default)]
+    pub folder: Option<PathBuf>,
+    /// Replay: start over at the end.
+    #[serde(default, rename = "loop")]
+    pub loops: bool,
+    /// Synthetic: number of parts (0 = endless).
+    #[serde(default = "default_parts")]
+    pub parts: u64,
+    /// Synthetic: share of defective parts.
+    #[serde(default = "default_defect_rate")]
+    pub defect_rate: f32,
+    /// Synthetic: seed.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Synthetic: frame size in pixels (square).
+    #[serde(default = "default_size")]
+    pub size: usize,
+}
+
+fn default_parts() -> u64 {
+    200
+}
+fn default_defect_rate() -> f32 {
+    0.25
+}
+fn default_seed() -> u64 {
+    2026
+}
+fn default_size() -> usize {
+    crate::synth::SynthConveyor::DEFAULT_SIZE
+}
+
+/// Which output back-end drives the reject line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputKind {
+    /// A host stand-in that records edges (no hardware).
+    Recording,
+    /// A GPIO character-device line (build with `--features hw-gpio`).
+    Gpio,
+}
+
+/// Reject output section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reject {
+    /// Back-end.
+    pub output: OutputKind,
+    /// GPIO chip device, e.g. `/dev/gpiochip0`.
+    #[serde(default)]
+    pub chip: Option<PathBuf>,
+    /// GPIO line offset on the chip.
+    #[serde(default)]
+    pub line: Option<u32>,
+    /// Wiring.
+    #[serde(default)]
+    pub polarity: Polarity,
+    /// Pulse width in milliseconds.
+    pub pulse_ms: u64,
+}
+
+/// Timing section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    /// Longest time from capture to verdict; a later result rejects the part.
+    pub result_deadline_ms: u64,
+}
+
+/// Display back-end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DisplayKind {
+    /// No display.
+    None,
+    /// In-memory framebuffer (PNG snapshots on request).
+    Memory,
+}
+
+/// Display section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Display {
+    /// Back-end.
+    pub kind: DisplayKind,
+    /// Width in pixels.
+    #[serde(default = "default_w")]
+    pub width: u32,
+    /// Height in pixels.
+    #[serde(default = "default_h")]
+    pub height: u32,
+}
+
+fn default_w() -> u32 {
+    320
+}
+fn default_h() -> u32 {
+    240
+}
+
+/// Telemetry section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// Seconds between summary log lines.
+    #[serde(default = "default_summary")]
+    pub summary_every_s: u64,
+}
+
+fn default_summary() -> u64 {
+    5
+}
+
+/// A validated board profile.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoardProfile {
+    /// Profile name.
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Camera.
+    pub camera: Camera,
+    /// Reject output.
+    pub reject: Reject,
+    /// Timing.
+    pub timing: Timing,
+    /// Display.
+    pub display: Display,
+    /// Telemetry.
+    #[serde(default = "default_telemetry")]
+    pub telemetry: Telemetry,
+}
+
+fn default_telemetry() -> Telemetry {
+    Telemetry { summary_every_s: default_summary() }
+}
+
+impl BoardProfile {
+    /// Reads and validates a profile file; relative paths inside it are resolved against the
+    /// file's folder.
+    pub fn load(path: &Path) -> Result<BoardProfile> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let mut p = Self::parse(&text).map_err(|why| Error::Board { path: path.to_path_buf(), why })?;
+        if let Some(f) = p.camera.folder.as_mut() {
+            if f.is_relative() {
+                *f = path.parent().unwrap_or(Path::new(".")).join(&*f);
+            }
+        }
+        Ok(p)
+    }
+
+    /// Parses and validates profile TOML.
+    pub fn parse(text: &str) -> std::result::Result<BoardProfile, String> {
+        let p: BoardProfile = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        p.validate()?;
+        Ok(p)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let c = &self.camera;
+        if c.source == SourceKind::Folder && c.folder.is_none() {
+            return Err("`camera.folder` is required when `camera.source = \"folder\"`".into());
+        }
+        if !(0.0..=1.0).contains(&c.defect_rate) {
+            return Err(format!("`camera.defect_rate` {} must be between 0 and 1", c.defect_rate));
+        }
+        if !(32..=4096).contains(&c.size) {
+            return Err(format!("`camera.size` {} must be between 32 and 4096", c.size));
+        }
+        let r = &self.reject;
+        if !(1..=10_000).contains(&r.pulse_ms) {
+            return Err(format!("`reject.pulse_ms` {} must be between 1 and 10000", r.pulse_ms));
+        }
+        if r.output == OutputKind::Gpio && (r.chip.is_none() || r.line.is_none()) {
+            return Err("`reject.chip` and `reject.line` are required when `reject.output = \"gpio\"`".into());
+        }
+        if !(1..=60_000).contains(&self.timing.result_deadline_ms) {
+            return Err(format!(
+                "`timing.result_deadline_ms` {} must be between 1 and 60000",
+                self.timing.result_deadline_ms
+            ));
+        }
+        let d = &self.display;
+        if d.kind != DisplayKind::None && (!(64..=4096).contains(&d.width) || !(64..=4096).contains(&d.height)) {
+            return Err(format!("`display.width` x `display.height` {}x{} must each be 64..4096", d.width, d.height));
+        }
+        if self.telemetry.summary_every_s == 0 {
+            return Err("`telemetry.summary_every_s` must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Reject pulse width.
+    pub fn pulse(&self) -> Duration {
+        Duration::from_millis(self.reject.pulse_ms)
+    }
+
+    /// Result deadline.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_millis(self.timing.result_deadline_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"
+name = "t"
+[camera]
+source = "synthetic"
+[reject]
+output = "recording"
+pulse_ms = 40
+[timing]
+result_deadline_ms = 500
+[display]
+kind = "memory"
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let p = BoardProfile::parse(OK).unwrap();
+        assert_eq!(p.camera.parts, 200);
+        assert_eq!(p.reject.polarity, Polarity::ActiveHigh);
+        assert_eq!(p.pulse(), Duration::from_millis(40));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (OK.replace("pulse_ms = 40", "pulse_ms = 0"), "reject.pulse_ms"),
+            (OK.replace("source = \"synthetic\"", "source = \"folder\""), "camera.folder"),
+            (OK.replace("source = \"synthetic\"", "source = \"webcam\""), "webcam"),
+            (OK.replace("output = \"recording\"", "output = \"gpio\""), "reject.chip"),
+            (OK.replace("pulse_ms = 40", "pulse_ms = 40\npulse_width = 3"), "pulse_width"),
+            (OK.replace("result_deadline_ms = 500", "result_deadline_ms = 0"), "timing.result_deadline_ms"),
+            (OK.replace("[timing]\nresult_deadline_ms = 500\n", ""), "timing"),
+        ];
+        for (text, key) in cases {
+            let e = BoardProfile::parse(&text).unwrap_err();
+            assert!(e.contains(key), "{e:?} should mention {key}");
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The model bundle: a directory with the model file and `manifest.json` (see `docs/BUNDLE.md`).
+//!
+//! Loading verifies everything the manifest promises before the model is trusted with a single
+//! part: format version, the model file's sha256, a usable input shape, normalisation and a
+//! threshold. A bundle that fails any check is refused with a message that says what to do.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The manifest format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// `manifest.json`, as written by `scripts/export.py`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always `anovit-bundle`.
+    pub format: String,
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Human name.
+    pub name: String,
+    /// The model file.
+    pub model: ModelInfo,
+    /// How to feed the model.
+    pub input: InputSpec,
+    /// Output names.
+    pub outputs: Outputs,
+    /// How to turn the reconstruction into a score.
+    pub scoring: ScoringSpec,
+    /// The decision threshold and where it came from.
+    pub threshold: Threshold,
+    /// Provenance of the weights (kept verbatim).
+    #[serde(default)]
+    pub training: serde_json::Value,
+    /// int8 bundles: how they were quantised (kept verbatim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<serde_json::Value>,
+}
+
+/// The model file and what it is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// File name inside the bundle.
+    pub file: String,
+    /// Hex sha256 of that file.
+    pub sha256: String,
+    /// `f32` or `int8`.
+    pub precision: String,
+    /// Architecture details (informative).
+    #[serde(default)]
+    pub arch: serde_json::Value,
+    /// Parameter count.
+    #[serde(default)]
+    pub params: u64,
+    /// GFLOP per frame.
+    #[serde(default)]
+    pub gflop: f64,
+}
+
+/// Colour handling of the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColorMode {
+    /// Three channels as captured.
+    Rgb,
+    /// Luminance replicated into three channels.
+    Gray,
+}
+
+/// Input tensor description and preprocessing parameters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InputSpec {
+    /// Tensor name.
+    pub name: String,
+    /// `[1, 3, H, W]`.
+    pub shape: Vec<usize>,
+    /// `NCHW`.
+    pub layout: String,
+    /// Colour mode.
+    pub color: ColorMode,
+    /// Crop `[x, y, w, h]` of the source image, or none for the whole image.
+    #[serde(default)]
+    pub roi: Option<[u32; 4]>,
+    /// `bilinear`.
+    pub resize: String,
+    /// Per-channel mean on [0, 1] values.
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation on [0, 1] values.
+    pub std: [f32; 3],
+}
+
+impl InputSpec {
+    /// Model input height.
+    pub fn height(&self) -> usize {
+        self.shape[2]
+    }
+    /// Model input width.
+    pub fn width(&self) -> usize {
+        self.shape[3]
+    }
+}
+
+/// Output names.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Outputs {
+    /// The reconstruction, same shape as the input.
+    pub reconstruction: String,
+}
+
+/// Scoring parameters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScoringSpec {
+    /// `squared_mean_channels`.
+    pub error: String,
+    /// Gaussian sigma in model-input pixels; 0 disables smoothing.
+    pub sigma: f32,
+    /// Kernel radius = floor(truncate * sigma + 0.5).
+    pub truncate: f32,
+    /// `max`.
+    pub reduction: String,
+}
+
+/// Decision threshold: a part is defective when its score is at least `value`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Threshold {
+    /// The threshold.
+    pub value: f32,
+    /// How it was chosen.
+    pub source: String,
+    /// Statistics it came from (kept verbatim).
+    #[serde(default)]
+    pub stats: serde_json::Value,
+}
+
+/// A verified bundle on disk.
+#[derive(Clone, Debug)]
+pub struct Bundle {
+    /// The bundle directory.
+    pub dir: PathBuf,
+    /// The parsed and validated manifest.
+    pub manifest: Manifest,
+}
+
+impl Bundle {
+    /// Reads `dir/manifest.json`, validates it and checks the model file's hash.
+    pub fn load(dir: &Path) -> Result<Bundle> {
+        let mpath = dir.join("manifest.json");
+        if !dir.is_dir() {
+            return Err(Error::Manifest { path: mpath, why: format!("{} is not a bundle directory", dir.display()) });
+        }
+        let text = std::fs::read_to_string(&mpath).map_err(|source| Error::Io { path: mpath.clone(), source })?;
+        let manifest = Manifest::parse(&text).map_err(|why| Error::Manifest { path: mpath.clone(), why })?;
+        let bundle = Bundle { dir: dir.to_path_buf(), manifest };
+        bundle.verify_model_hash()?;
+        Ok(bundle)
+    }
+
+    /// Path of the model file.
+    pub fn model_path(&self) -> PathBuf {
+        self.dir.join(&self.manifest.model.file)
+    }
+
+    fn verify_model_hash(&self) -> Result<()> {
+        let path = self.model_path();
+        let bytes = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let got = sha256_hex(&bytes);
+        if !got.eq_ignore_ascii_case(&self.manifest.model.sha256) {
+            return Err(Error::ModelMismatch {
+                path,
+                why: format!("sha256 is {got}, the manifest says {}", self.manifest.model.sha256),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Lower-case hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Manifest {
+    /// Parses and validates manifest JSON. The error names the offending field.
+    pub fn parse(text: &str) -> std::result::Result<Manifest, String> {
+        let m: Manifest = serde_json::from_str(text).map_err(|e| format!("not a valid manifest: {e}"))?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Checks every field the runtime relies on.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.format != "anovit-bundle" {
+            return Err(format!("`format` is {:?}, expected \"anovit-bundle\"", self.format));
+        }
+        if self.format_version != FORMAT_VERSION {
+            return Err(format!(
+                "`format_version` is {}, this anovit reads version {FORMAT_VERSION}: use a matching anovit or re-export",
+                self.format_version
+            ));
+        }
+        if self.model.file.is_empty() || self.model.file.contains('/') || self.model.file.contains("..") {
+            return Err(format!("`model.file` {:?} must be a plain file name inside the bundle", self.model.file));
+        }
+        if self.model.sha256.len() != 64 || !self.model.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err("`model.sha256` must be 64 hex digits".into());
+        }
+        if !matches!(self.model.precision.as_str(), "f32" | "int8") {
+            return Err(format!("`model.precision` is {:?}, expected \"f32\" or \"int8\"", self.model.precision));
+        }
+        let i = &self.input;
+        if i.shape.len() != 4 || i.shape[0] != 1 || i.shape[1] != 3 {
+            return Err(format!("`input.shape` is {:?}, expected [1, 3, H, W]", i.shape));
+        }
+        let (h, w) = (i.shape[2], i.shape[3]);
+        if h == 0 || w == 0 || h % 16 != 0 || w % 16 != 0 || h > 4096 || w > 4096 {
+            return Err(format!("`input.shape` {h}x{w}: H and W must be positive multiples of 16 up to 4096"));
+        }
+        if i.layout != "NCHW" {
+            return Err(format!("`input.layout` is {:?}, only \"NCHW\" is supported", i.layout));
+        }
+        if i.resize != "bilinear" {
+            return Err(format!("`input.resize` is {:?}, only \"bilinear\" is supported", i.resize));
+        }
+        if let Some([_, _, rw, rh]) = i.roi {
+            if rw == 0 || rh == 0 {
+                return Err("`input.roi` must have a positive width and height".into());
+            }
+        }
+        if i.mean.iter().any(|v| !v.is_finite()) || i.std.iter().any(|v| !v.is_finite() || *v <= 0.0) {
+            return Err("`input.mean` must be finite and `input.std` finite and positive".into());
+        }
+        if self.outputs.reconstruction.is_empty() {
+            return Err("`outputs.reconstruction` is empty".into());
+        }
+        let s = &self.scoring;
+        if s.error != "squared_mean_channels" {
+            return Err(format!("`scoring.error` is {:?}, only \"squared_mean_channels\" is supported", s.error));
+        }
+        if s.reduction != "max" {
+            return Err(format!("`scoring.reduction` is {:?}, only \"max\" is supported", s.reduction));
+        }
+        if !s.sigma.is_finite() || !(0.0..=64.0).contains(&s.sigma) {
+            return Err(format!("`scoring.sigma` {} must be in [0, 64]", s.sigma));
+        }
+        if !s.truncate.is_finite() || !(0.5..=8.0).contains(&s.truncate) {
+            return Err(format!("`scoring.truncate` {} must be in [0.5, 8]", s.truncate));
+        }
+        if !self.threshold.value.is_finite() || self.threshold.value <= 0.0 {
+            return Err(format!(
+                "`threshold.value` {} must be a positive number: calibrate the bundle",
+                self.threshold.value
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample_json() -> serde_json::Value {
+        serde_json::json!({
+            "format": "anovit-bundle", "format_version": 1, "name": "t",
+            "model": {"file": "model.onnx", "sha256": "0".repeat(64), "precision": "f32"},
+            "input": {"name": "image", "shape": [1, 3, 32, 48], "layout": "NCHW", "color": "rgb",
+                      "roi": null, "resize": "bilinear", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+            "outputs": {"reconstruction": "reconstruction"},
+            "scoring": {"error": "squared_mean_channels", "sigma": 2.0, "truncate": 4.0, "reduction": "max"},
+            "threshold": {"value": 0.5, "source": "test"}
+        })
+    }
+
+    fn with(path: &[&str], v: serde_json::Value) -> std::result::Result<Manifest, String> {
+        let mut j = sample_json();
+        let mut at = &mut j;
+        for p in &path[..path.len() - 1] {
+            at = at.get_mut(*p).unwrap();
+        }
+        at[path[path.len() - 1]] = v;
+        Manifest::parse(&j.to_string())
+    }
+
+    #[test]
+    fn accepts_a_valid_manifest() {
+        let m = Manifest::parse(&sample_json().to_string()).unwrap();
+        assert_eq!((m.input.height(), m.input.width()), (32, 48));
+    }
+
+    #[test]
+    fn rejects_bad_fields_with_their_names() {
+        let cases: [(&[&str], serde_json::Value, &str); 8] = [
+            (&["format_version"], 2.into(), "format_version"),
+            (&["input", "shape"], serde_json::json!([1, 3, 30, 48]), "input.shape"),
+            (&["input", "shape"], serde_json::json!([3, 32, 48]), "input.shape"),
+            (&["input", "std"], serde_json::json!([0.2, 0.0, 0.2]), "input.std"),
+            (&["scoring", "sigma"], serde_json::json!(-1.0), "scoring.sigma"),
+            (&["threshold", "value"], serde_json::json!(0.0), "threshold.value"),
+            (&["model", "file"], "../x.onnx".into(), "model.file"),
+            (&["model", "sha256"], "abc".into(), "model.sha256"),
+        ];
+        for (path, v, field) in cases {
+            let e = with(path, v).unwrap_err();
+            assert!(e.contains(field), "{e:?} should name {field}");
+        }
+        assert!(Manifest::parse("{ not json").unwrap_err().contains("not a valid manifest"));
+    }
+}

@@ -1,0 +1,105 @@
+//! Frame sources: where frames come from.
+//!
+//! A source lends one frame at a time, borrowed from buffers it owns (like the v4l crate's
+//! streams), so the steady-state loop copies nothing and allocates nothing.
+
+mod replay;
+mod synthetic;
+
+use std::fmt;
+use std::time::Duration;
+
+pub use replay::ReplaySource;
+pub use synthetic::SyntheticSource;
+
+/// Pixel layout of a frame's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PixelFormat {
+    /// Interleaved 8-bit R, G, B.
+    Rgb8,
+    /// 8-bit luminance.
+    Gray8,
+}
+
+impl PixelFormat {
+    /// Bytes per pixel.
+    pub fn bytes_per_pixel(self) -> usize {
+        match self {
+            PixelFormat::Rgb8 => 3,
+            PixelFormat::Gray8 => 1,
+        }
+    }
+}
+
+/// What is known about a frame besides its pixels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FrameMeta {
+    /// Sequence number from capture; gaps mean dropped frames.
+    pub seq: u64,
+    /// Capture time on the loop's clock.
+    pub timestamp: Duration,
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Pixel layout.
+    pub format: PixelFormat,
+    /// Ground truth when the source knows it (synthetic frames, labelled replay folders):
+    /// `Some(true)` for a defective part.
+    pub truth: Option<bool>,
+    /// Label for logs (defect type or file stem), fixed capacity so that it never allocates.
+    pub label: heapless::String<32>,
+}
+
+/// A frame lent by a source until its next call.
+#[derive(Debug)]
+pub struct Frame<'a> {
+    /// Pixel bytes, `width * height * bytes_per_pixel`, rows without padding.
+    pub data: &'a [u8],
+    /// Metadata.
+    pub meta: &'a FrameMeta,
+}
+
+/// Why a source could not deliver a frame. The loop counts it and gives the part the safe verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CaptureError {
+    /// The frame's bytes could not be decoded or have the wrong size.
+    Corrupt,
+    /// No frame arrived in time.
+    Timeout,
+    /// The device went away.
+    Disconnected,
+}
+
+impl fmt::Display for CaptureError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CaptureError::Corrupt => "corrupt frame",
+            CaptureError::Timeout => "camera timeout",
+            CaptureError::Disconnected => "camera disconnected",
+        })
+    }
+}
+
+impl std::error::Error for CaptureError {}
+
+/// A camera, or anything that stands in for one.
+pub trait FrameSource {
+    /// The next frame, `Ok(None)` at the end of a finite source. `now` stamps frames from
+    /// sources without a hardware clock.
+    fn next_frame(&mut self, now: Duration) -> Result<Option<Frame<'_>>, CaptureError>;
+
+    /// Largest frame this source can deliver, for sizing buffers at start-up.
+    fn max_size(&self) -> (usize, usize);
+}
+
+impl<T: FrameSource + ?Sized> FrameSource for Box<T> {
+    fn next_frame(&mut self, now: Duration) -> Result<Option<Frame<'_>>, CaptureError> {
+        (**self).next_frame(now)
+    }
+
+    fn max_size(&self) -> (usize, usize) {
+        (**self).max_size()
+    }
+}

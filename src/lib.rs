@@ -1,0 +1,26 @@
+//! anovit: inline visual inspection on conveyor belts with an AnoViT model run by tract.
+//!
+//! The frame path is `capture -> preprocess -> model -> scoring -> decision -> actuation`, with
+//! the status display and telemetry beside it; [`pipeline::Inspector`] wires them. Hardware edges
+//! are traits with host stand-ins (`FrameSource`, `embedded_hal::digital::OutputPin`,
+//! `embedded_graphics::DrawTarget`, [`clock::Clock`]), so the whole loop runs and is tested on any
+//! host. The model bundle (`docs/BUNDLE.md`) is the contract with the training side.
+#![deny(missing_docs)]
+
+pub mod actuation;
+pub mod board;
+pub mod bundle;
+pub mod capture;
+pub mod clock;
+pub mod decision;
+pub mod display;
+pub mod error;
+#[cfg(feature = "hw-gpio")]
+pub mod gpio;
+pub mod logger;
+pub mod model;
+pub mod pipeline;
+pub mod preprocess;
+pub mod scoring;
+pub mod synth;
+pub mod telemetry;

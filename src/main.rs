@@ -1,0 +1,309 @@
+//! The `anovit` binary: parses the command line, builds the pipeline, runs it. All the logic
+//! lives in the library; this file is wiring and the only place `anyhow` is used.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anovit::actuation::{RecordingPin, RejectLine};
+use anovit::board::{BoardProfile, DisplayKind, OutputKind, SourceKind};
+use anovit::bundle::Bundle;
+use anovit::capture::{FrameSource, ReplaySource, SyntheticSource};
+use anovit::clock::MonotonicClock;
+use anovit::decision::Decider;
+use anovit::display::MemoryFramebuffer;
+use anovit::model::Model;
+use anovit::pipeline::{Inspector, Outcome, Outputs};
+use anovit::preprocess::Preprocessor;
+use anovit::scoring::Scorer;
+use anovit::synth::{Defect, PartSpec, SynthConveyor};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use embedded_hal::digital::OutputPin;
+
+#[derive(Parser)]
+#[command(name = "anovit", version, about = "Inline visual inspection with AnoViT: camera -> model -> reject line")]
+struct Cli {
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the inspection loop (with no options: the built-in demo).
+    Run(RunArgs),
+    /// Write the synthetic conveyor data set (the demo model's training data) in MVTec layout.
+    Synth(SynthArgs),
+}
+
+#[derive(Args, Default)]
+struct RunArgs {
+    /// Board profile (TOML). Default: board/host-demo.toml.
+    #[arg(long)]
+    board: Option<PathBuf>,
+    /// Model bundle directory. Default: models/demo-f32.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Replay this image folder instead of the profile's camera.
+    #[arg(long)]
+    folder: Option<PathBuf>,
+    /// Stop after this many parts.
+    #[arg(long)]
+    parts: Option<u64>,
+    /// Write one JSON line per part to this file (`-` for stdout).
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// Save the final status screen as a PNG.
+    #[arg(long)]
+    snapshot: Option<PathBuf>,
+    /// Do not print a line per part.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Generator seed.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Good training images.
+    #[arg(long, default_value_t = 400)]
+    train: u64,
+    /// Good test images.
+    #[arg(long, default_value_t = 100)]
+    test_good: u64,
+    /// Test images per defect type.
+    #[arg(long, default_value_t = 30)]
+    test_per_defect: u64,
+    /// Image size in pixels (square).
+    #[arg(long, default_value_t = SynthConveyor::DEFAULT_SIZE)]
+    size: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    anovit::logger::init(match cli.verbose {
+        0 => log::LevelFilter::Info,
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    });
+    let r = match cli.cmd {
+        Some(Cmd::Run(a)) => run(a),
+        Some(Cmd::Synth(a)) => write_synth(&a),
+        None => run(RunArgs::default()),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A path shipped in the repository: as given relative to the working directory, else relative
+/// to the source tree this binary was built from (so the demo runs from anywhere in a clone).
+fn shipped(rel: &str) -> PathBuf {
+    let here = PathBuf::from(rel);
+    if here.exists() {
+        return here;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let board_path = a.board.clone().unwrap_or_else(|| shipped("board/host-demo.toml"));
+    let board = BoardProfile::load(&board_path)?;
+    let model_path = a.model.clone().unwrap_or_else(|| shipped("models/demo-f32"));
+    let bundle = Bundle::load(&model_path)?;
+    let m = &bundle.manifest;
+    log::info!(
+        "board {:?} ({}), model {:?} ({} {}x{}, threshold {} from {})",
+        board.name,
+        board_path.display(),
+        m.name,
+        m.model.precision,
+        m.input.width(),
+        m.input.height(),
+        m.threshold.value,
+        m.threshold.source
+    );
+    let t = std::time::Instant::now();
+    let model = Model::load(&bundle)?;
+    log::info!("model loaded and optimised in {} ms", t.elapsed().as_millis());
+
+    let limit = a.parts;
+    let folder =
+        a.folder.as_ref().or(board.camera.folder.as_ref().filter(|_| board.camera.source == SourceKind::Folder));
+    let source: Box<dyn FrameSource> = if let Some(folder) = folder {
+        let src = ReplaySource::open(folder, board.camera.loops && limit.is_some())?;
+        log::info!("replaying {} images from {}", src.len(), folder.display());
+        Box::new(src)
+    } else {
+        let c = &board.camera;
+        let gen = SynthConveyor::new(c.seed, c.size, c.size, c.defect_rate);
+        let count = limit.or((c.parts > 0).then_some(c.parts));
+        let n = count.map_or("endless".to_string(), |n| n.to_string());
+        log::info!("synthetic conveyor: {n} parts, seed {}, defect rate {}", c.seed, c.defect_rate);
+        Box::new(SyntheticSource::new(gen, 0, count))
+    };
+    let clock = MonotonicClock::new();
+    match board.reject.output {
+        OutputKind::Recording => {
+            let line = RejectLine::new(RecordingPin::<_, 1024>::new(clock), board.reject.polarity, board.pulse())
+                .unwrap_or_else(|e| match e {});
+            run_loop(source, model, line, clock, &bundle, &board, &a)
+        }
+        #[cfg(feature = "hw-gpio")]
+        OutputKind::Gpio => {
+            let (chip, n) = (board.reject.chip.as_deref().unwrap_or(Path::new("")), board.reject.line.unwrap_or(0));
+            let idle = anovit::actuation::line_level(false, board.reject.polarity);
+            let pin = anovit::gpio::open_output(chip, n, idle)?;
+            let line = RejectLine::new(pin, board.reject.polarity, board.pulse())
+                .with_context(|| format!("cannot drive GPIO line {n} of {}", chip.display()))?;
+            log::info!("reject line: GPIO line {n} of {} ({:?})", chip.display(), board.reject.polarity);
+            run_loop(source, model, line, clock, &bundle, &board, &a)
+        }
+        #[cfg(not(feature = "hw-gpio"))]
+        OutputKind::Gpio => bail!(
+            "board profile {:?} asks for a GPIO reject line, but this build has no GPIO support: rebuild with `--features hw-gpio`",
+            board.name
+        ),
+    }
+}
+
+fn run_loop<P: OutputPin>(
+    source: Box<dyn FrameSource>,
+    model: Model,
+    line: RejectLine<P>,
+    clock: MonotonicClock,
+    bundle: &Bundle,
+    board: &BoardProfile,
+    a: &RunArgs,
+) -> Result<()> {
+    let m = &bundle.manifest;
+    let events: Option<Box<dyn Write + Send>> = match &a.events {
+        None => None,
+        Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::BufWriter::new(std::io::stdout()))),
+        Some(p) => Some(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create event log {}", p.display()))?,
+        ))),
+    };
+    let display = (board.display.kind == DisplayKind::Memory)
+        .then(|| MemoryFramebuffer::new(board.display.width, board.display.height));
+    let outputs = Outputs { display, events, summary_every: Duration::from_secs(board.telemetry.summary_every_s) };
+    let mut insp = Inspector::new(
+        source,
+        Preprocessor::new(&m.input),
+        model,
+        Scorer::new(m.input.width(), m.input.height(), &m.scoring),
+        Decider::new(m.threshold.value, board.deadline()),
+        line,
+        clock,
+        outputs,
+    );
+    let print = !a.quiet && a.events.as_deref() != Some(Path::new("-"));
+    let threshold = m.threshold.value;
+    let mut out = std::io::stdout().lock();
+    insp.run(|o| {
+        if print {
+            let _ = print_part(&mut out, o, threshold);
+        }
+    });
+    drop(out);
+    let report = insp.finish();
+    if report.pin.is_none() {
+        log::error!("the reject line could not be returned to idle");
+    }
+    let c = report.counters;
+    println!(
+        "\n{} parts: {} OK, {} NG, {} FAULT | {} reject pulses | latency p50 {:.1} ms, p99 {:.1} ms",
+        c.frames,
+        c.passed,
+        c.defects,
+        c.faults,
+        c.pulses,
+        report.p50.as_secs_f64() * 1e3,
+        report.p99.as_secs_f64() * 1e3
+    );
+    if c.truth_known > 0 {
+        println!(
+            "verdicts matched ground truth for {}/{} parts ({:.1} %): {} defective parts passed (escapes), {} good parts rejected",
+            c.truth_matched,
+            c.truth_known,
+            100.0 * c.truth_matched as f64 / c.truth_known as f64,
+            c.escapes,
+            c.false_rejects
+        );
+    }
+    if let (Some(p), Some(fb)) = (&a.snapshot, &report.display) {
+        fb.save_png(p).with_context(|| format!("cannot write snapshot {}", p.display()))?;
+        println!("status screen saved to {}", p.display());
+    }
+    Ok(())
+}
+
+fn print_part(out: &mut impl Write, o: &Outcome, threshold: f32) -> std::io::Result<()> {
+    write!(out, "part {:5}  {:5}", o.part, o.verdict.label())?;
+    match o.score {
+        Some(s) => write!(out, "  score {s:8.5} {} {threshold:.5}", if s >= threshold { ">=" } else { "< " })?,
+        None => write!(out, "  score {:>8} {:2} {threshold:.5}", "--", "")?,
+    }
+    if let anovit::decision::Verdict::Fault(f) = o.verdict {
+        write!(out, "  [{f}]")?;
+    }
+    write!(out, "  {:>6.1} ms", o.times.total().as_secs_f64() * 1e3)?;
+    if let Some(m) = &o.meta {
+        let truth = match m.truth {
+            Some(t) if t == o.verdict.is_reject() => "  ok",
+            Some(_) => "  WRONG",
+            None => "",
+        };
+        write!(out, "  {:<8}{truth}", m.label.as_str())?;
+    }
+    writeln!(out)
+}
+
+fn write_synth(a: &SynthArgs) -> Result<()> {
+    let size = a.size;
+    if !(32..=4096).contains(&size) {
+        bail!("--size {size} must be between 32 and 4096");
+    }
+    let g = SynthConveyor::new(a.seed, size, size, 0.0);
+    let mut rgb = vec![0u8; size * size * 3];
+    let mut mask = vec![0u8; size * size];
+    let mut index = 0u64;
+    let mut emit = |dir: &str, n: u64, defect: Option<Defect>| -> Result<()> {
+        let d = a.out.join(dir);
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        for k in 0..n {
+            g.render(PartSpec { index, defect }, &mut rgb, &mut mask);
+            index += 1;
+            let p = d.join(format!("{k:03}.png"));
+            image::save_buffer(&p, &rgb, size as u32, size as u32, image::ExtendedColorType::Rgb8)
+                .with_context(|| format!("cannot write {}", p.display()))?;
+            if let Some(def) = defect {
+                let md = a.out.join("ground_truth").join(def.name());
+                std::fs::create_dir_all(&md).with_context(|| format!("cannot create {}", md.display()))?;
+                let mp = md.join(format!("{k:03}_mask.png"));
+                image::save_buffer(&mp, &mask, size as u32, size as u32, image::ExtendedColorType::L8)
+                    .with_context(|| format!("cannot write {}", mp.display()))?;
+            }
+        }
+        Ok(())
+    };
+    emit("train/good", a.train, None)?;
+    emit("test/good", a.test_good, None)?;
+    for d in Defect::ALL {
+        emit(&format!("test/{}", d.name()), a.test_per_defect, Some(d))?;
+    }
+    println!("wrote {index} images to {} (seed {})", a.out.display(), a.seed);
+    Ok(())
+}

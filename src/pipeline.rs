@@ -1,0 +1,275 @@
+//! The frame loop: capture -> preprocess -> model -> score -> decide -> actuate, display, log.
+//!
+//! Every buffer is allocated when the [`Inspector`] is built; a step allocates nothing in this
+//! crate's code (the model boundary is measured separately, see `tests/alloc.rs`). A frame that
+//! fails anywhere still gets exactly one verdict, the safe one, and is counted.
+
+use std::io::Write;
+use std::time::Duration;
+
+use embedded_hal::digital::OutputPin;
+
+use crate::actuation::RejectLine;
+use crate::capture::FrameSource;
+use crate::clock::Clock;
+use crate::decision::{Decider, Fault};
+use crate::display::{draw_status, MemoryFramebuffer, Status};
+use crate::model::{InferError, Model};
+use crate::preprocess::Preprocessor;
+use crate::scoring::Scorer;
+pub use crate::telemetry::Outcome;
+use crate::telemetry::{write_event, Counters, LatencyWindow, StageTimes};
+
+/// Something that turns a model input into a reconstruction: the tract model, or a wrapper
+/// around it in tests.
+pub trait Engine {
+    /// Runs one input (NCHW f32) and returns the reconstruction.
+    fn infer(&mut self, input: &[f32]) -> Result<&[f32], InferError>;
+}
+
+impl Engine for Model {
+    fn infer(&mut self, input: &[f32]) -> Result<&[f32], InferError> {
+        Model::infer(self, input)
+    }
+}
+
+/// Optional outputs of the loop.
+pub struct Outputs {
+    /// Status screen.
+    pub display: Option<MemoryFramebuffer>,
+    /// JSON-lines event log.
+    pub events: Option<Box<dyn Write + Send>>,
+    /// Time between periodic summaries in the log.
+    pub summary_every: Duration,
+}
+
+impl Default for Outputs {
+    fn default() -> Self {
+        Self { display: None, events: None, summary_every: Duration::from_secs(5) }
+    }
+}
+
+/// The whole inspection loop with its state.
+pub struct Inspector<S: FrameSource, E: Engine, P: OutputPin, C: Clock> {
+    source: S,
+    pre: Preprocessor,
+    engine: E,
+    scorer: Scorer,
+    decider: Decider,
+    line: RejectLine<P>,
+    clock: C,
+    out: Outputs,
+    counters: Counters,
+    latency: LatencyWindow,
+    part: u64,
+    last_summary: Duration,
+    last_frame_at: Option<Duration>,
+    frame_interval_s: f32,
+}
+
+impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
+    /// Wires the stages together. `pre` and `scorer` must match the engine's input size.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        source: S,
+        pre: Preprocessor,
+        engine: E,
+        scorer: Scorer,
+        decider: Decider,
+        line: RejectLine<P>,
+        clock: C,
+        out: Outputs,
+    ) -> Self {
+        let last_summary = clock.now();
+        Self {
+            source,
+            pre,
+            engine,
+            scorer,
+            decider,
+            line,
+            clock,
+            out,
+            counters: Counters::default(),
+            latency: LatencyWindow::default(),
+            part: 0,
+            last_summary,
+            last_frame_at: None,
+            frame_interval_s: 0.0,
+        }
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The reject line (tests read a recording pin through it).
+    pub fn line(&self) -> &RejectLine<P> {
+        &self.line
+    }
+
+    /// The status screen, when there is one.
+    pub fn display(&self) -> Option<&MemoryFramebuffer> {
+        self.out.display.as_ref()
+    }
+
+    /// The anomaly map of the last scored frame.
+    pub fn anomaly_map(&self) -> &[f32] {
+        self.scorer.map()
+    }
+
+    /// Processes one part. `None` when the source has ended.
+    pub fn step(&mut self) -> Option<Outcome> {
+        let t0 = self.clock.now();
+        self.poll_line(t0);
+        let mut times = StageTimes::default();
+        let captured = self.source.next_frame(t0);
+        let t1 = self.clock.now();
+        times.capture = t1 - t0;
+        let (meta, result) = match captured {
+            Ok(None) => return None,
+            Err(e) => (None, Err(Fault::Capture(e))),
+            Ok(Some(frame)) => {
+                let meta = frame.meta.clone();
+                let result = match self.pre.run(&frame) {
+                    Err(e) => {
+                        times.preprocess = self.clock.now() - t1;
+                        Err(Fault::Preprocess(e))
+                    }
+                    Ok(input) => {
+                        let t2 = self.clock.now();
+                        times.preprocess = t2 - t1;
+                        match self.engine.infer(input) {
+                            Err(e) => {
+                                times.infer = self.clock.now() - t2;
+                                Err(Fault::Inference(e))
+                            }
+                            Ok(recon) => {
+                                let t3 = self.clock.now();
+                                times.infer = t3 - t2;
+                                let s = self.scorer.score(input, recon);
+                                times.score = self.clock.now() - t3;
+                                Ok(s)
+                            }
+                        }
+                    }
+                };
+                (Some(meta), result)
+            }
+        };
+        let t4 = self.clock.now();
+        let captured_at = meta.as_ref().map_or(t0, |m| m.timestamp);
+        let verdict = self.decider.decide(result, captured_at, t4);
+        let score = result.ok();
+        if verdict.is_reject() {
+            match self.line.fire(t4) {
+                Ok(()) => self.counters.pulses += 1,
+                Err(_) => self.counters.output_errors += 1,
+            }
+        }
+        self.counters.record(verdict, meta.as_ref().and_then(|m| m.truth));
+        if let Some(prev) = self.last_frame_at.replace(t4) {
+            let dt = (t4 - prev).as_secs_f32();
+            self.frame_interval_s =
+                if self.frame_interval_s == 0.0 { dt } else { 0.9 * self.frame_interval_s + 0.1 * dt };
+        }
+        let part = self.part;
+        self.part += 1;
+        times.output = self.clock.now() - t4;
+        self.latency.push(times.total());
+        let outcome = Outcome { part, meta, score, verdict, times, decided_at: t4 };
+        self.emit(&outcome);
+        Some(outcome)
+    }
+
+    fn poll_line(&mut self, now: Duration) {
+        if self.line.poll(now).is_err() {
+            self.counters.output_errors += 1;
+        }
+    }
+
+    /// Display, event log and periodic summary for one part.
+    fn emit(&mut self, o: &Outcome) {
+        let threshold = self.decider.threshold();
+        let fps = if self.frame_interval_s > 0.0 { 1.0 / self.frame_interval_s } else { 0.0 };
+        if let Some(fb) = self.out.display.as_mut() {
+            let p99 = self.latency.percentiles([99]).map_or(Duration::ZERO, |[p]| p);
+            let status = Status {
+                seq: o.part,
+                verdict: o.verdict,
+                score: o.score,
+                threshold,
+                counters: &self.counters,
+                fps,
+                p99,
+            };
+            let _ = draw_status(fb, &status);
+        }
+        if let Some(w) = self.out.events.as_mut() {
+            if write_event(w, o, threshold).is_err() {
+                self.counters.log_errors += 1;
+            }
+        }
+        if o.decided_at.saturating_sub(self.last_summary) >= self.out.summary_every {
+            self.last_summary = o.decided_at;
+            self.log_summary(fps);
+        }
+    }
+
+    fn log_summary(&mut self, fps: f32) {
+        let c = self.counters;
+        let [p50, p99] = self.latency.percentiles([50, 99]).unwrap_or([Duration::ZERO; 2]);
+        log::info!(
+            "parts {} | OK {} NG {} FAULT {} (capture {}, preprocess {}, inference {}, late {}) | {:.1} fps | latency p50 {:.1} ms p99 {:.1} ms | pulses {}",
+            c.frames,
+            c.passed,
+            c.defects,
+            c.faults,
+            c.capture_errors,
+            c.preprocess_errors,
+            c.inference_errors,
+            c.late,
+            fps,
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            c.pulses
+        );
+    }
+
+    /// Runs until the source ends, calling `on_part` after each part.
+    pub fn run(&mut self, mut on_part: impl FnMut(&Outcome)) {
+        while let Some(o) = self.step() {
+            on_part(&o);
+        }
+    }
+
+    /// Ends the run: waits out (on the loop's clock) any active pulse, leaves the reject line
+    /// idle, flushes the event log and logs a final summary.
+    pub fn finish(mut self) -> Report<P> {
+        let fps = if self.frame_interval_s > 0.0 { 1.0 / self.frame_interval_s } else { 0.0 };
+        self.log_summary(fps);
+        if let Some(w) = self.out.events.as_mut() {
+            if w.flush().is_err() {
+                self.counters.log_errors += 1;
+            }
+        }
+        let [p50, p99] = self.latency.percentiles([50, 99]).unwrap_or([Duration::ZERO; 2]);
+        let pin = self.line.release().ok();
+        Report { counters: self.counters, p50, p99, pin, display: self.out.display }
+    }
+}
+
+/// The outcome of a whole run.
+pub struct Report<P> {
+    /// Final counters.
+    pub counters: Counters,
+    /// Median frame latency of the last frames.
+    pub p50: Duration,
+    /// 99th percentile frame latency of the last frames.
+    pub p99: Duration,
+    /// The reject pin, released to idle (`None` if releasing failed).
+    pub pin: Option<P>,
+    /// The last screen.
+    pub display: Option<MemoryFramebuffer>,
+}

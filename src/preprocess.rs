@@ -1,0 +1,255 @@
+//! Frame -> model input: ROI crop, bilinear resize, normalisation, into a buffer allocated once.
+//!
+//! The arithmetic follows `docs/BUNDLE.md` step by step, in the same order as
+//! `scripts/common.py`, so that Rust and Python scores agree to 1e-4.
+
+use std::fmt;
+
+use crate::bundle::{ColorMode, InputSpec};
+use crate::capture::Frame;
+
+/// Why a frame could not be preprocessed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PreprocessError {
+    /// The frame's byte count does not match its stated size and format.
+    SizeMismatch,
+    /// The ROI does not fit inside the frame.
+    RoiOutside,
+}
+
+impl fmt::Display for PreprocessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PreprocessError::SizeMismatch => "frame size does not match its data",
+            PreprocessError::RoiOutside => "ROI does not fit inside the frame",
+        })
+    }
+}
+
+impl std::error::Error for PreprocessError {}
+
+/// One axis of the resize: for each output index, two source indices and a weight.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tap {
+    i0: usize,
+    i1: usize,
+    f: f32,
+}
+
+/// Fills `taps` for resizing `src` samples (starting at `offset`) to `taps.len()` samples.
+/// Operation order as in `scripts/common.py`: `((d + 0.5) * in) / out - 0.5`, in f32.
+fn fill_taps(taps: &mut [Tap], src: usize, offset: usize) {
+    let out = taps.len() as f32;
+    for (d, t) in taps.iter_mut().enumerate() {
+        let s = ((d as f32 + 0.5) * src as f32 / out - 0.5).clamp(0.0, (src - 1) as f32);
+        let i0 = s.floor() as usize;
+        *t = Tap { i0: offset + i0, i1: offset + (i0 + 1).min(src - 1), f: s - i0 as f32 };
+    }
+}
+
+/// `a + (b - a) * t`: the interpolation form both implementations use.
+fn lerp(a: f32, b: f32, t: f32) -> f32 {
+    a + (b - a) * t
+}
+
+/// Reusable preprocessing state for one model input size.
+#[derive(Debug)]
+pub struct Preprocessor {
+    width: usize,
+    height: usize,
+    color: ColorMode,
+    roi: Option<[u32; 4]>,
+    mean: [f32; 3],
+    std: [f32; 3],
+    xs: Vec<Tap>,
+    ys: Vec<Tap>,
+    /// The source geometry the taps were computed for.
+    taps_for: (usize, usize),
+    out: Vec<f32>,
+}
+
+impl Preprocessor {
+    /// Allocates every buffer for `spec`'s input size.
+    pub fn new(spec: &InputSpec) -> Self {
+        let (width, height) = (spec.width(), spec.height());
+        Self {
+            width,
+            height,
+            color: spec.color,
+            roi: spec.roi,
+            mean: spec.mean,
+            std: spec.std,
+            xs: vec![Tap::default(); width],
+            ys: vec![Tap::default(); height],
+            taps_for: (0, 0),
+            out: vec![0.0; 3 * width * height],
+        }
+    }
+
+    /// The model input written by the last [`Self::run`], NCHW.
+    pub fn output(&self) -> &[f32] {
+        &self.out
+    }
+
+    /// Preprocesses `frame` into the internal buffer and returns it.
+    pub fn run(&mut self, frame: &Frame<'_>) -> Result<&[f32], PreprocessError> {
+        let m = frame.meta;
+        let bpp = m.format.bytes_per_pixel();
+        if m.width == 0 || m.height == 0 || frame.data.len() != m.width * m.height * bpp {
+            return Err(PreprocessError::SizeMismatch);
+        }
+        let [rx, ry, rw, rh] = self.roi.unwrap_or([0, 0, m.width as u32, m.height as u32]).map(|v| v as usize);
+        if rx + rw > m.width || ry + rh > m.height {
+            return Err(PreprocessError::RoiOutside);
+        }
+        // Taps depend only on the source geometry: recompute when it changes, without allocating.
+        let key = (m.width << 32 | m.height, rx << 48 | ry << 32 | rw << 16 | rh);
+        if self.taps_for != key {
+            fill_taps(&mut self.xs, rw, rx);
+            fill_taps(&mut self.ys, rh, ry);
+            self.taps_for = key;
+        }
+        let plane = self.width * self.height;
+        let stride = m.width * bpp;
+        let gray_mode = self.color == ColorMode::Gray;
+        // One source pixel as three f32 channels; luminance first in gray mode, as in Python.
+        let px = |y: usize, x: usize| -> [f32; 3] {
+            let o = y * stride + x * bpp;
+            let d = frame.data;
+            if bpp == 1 {
+                return [f32::from(d[o]); 3];
+            }
+            let v = [f32::from(d[o]), f32::from(d[o + 1]), f32::from(d[o + 2])];
+            if gray_mode {
+                [0.299 * v[0] + 0.587 * v[1] + 0.114 * v[2]; 3]
+            } else {
+                v
+            }
+        };
+        for (oy, ty) in self.ys.iter().enumerate() {
+            for (ox, tx) in self.xs.iter().enumerate() {
+                // Horizontal pass on both rows, then vertical, as in Python.
+                let (a, b, c, d) = (px(ty.i0, tx.i0), px(ty.i0, tx.i1), px(ty.i1, tx.i0), px(ty.i1, tx.i1));
+                let o = oy * self.width + ox;
+                for ch in 0..3 {
+                    let v = lerp(lerp(a[ch], b[ch], tx.f), lerp(c[ch], d[ch], tx.f), ty.f);
+                    self.out[ch * plane + o] = (v / 255.0 - self.mean[ch]) / self.std[ch];
+                }
+            }
+        }
+        Ok(&self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::{FrameMeta, PixelFormat};
+    use std::time::Duration;
+
+    fn spec(w: usize, h: usize, roi: Option<[u32; 4]>) -> InputSpec {
+        InputSpec {
+            name: "image".into(),
+            shape: vec![1, 3, h, w],
+            layout: "NCHW".into(),
+            color: ColorMode::Rgb,
+            roi,
+            resize: "bilinear".into(),
+            mean: [0.0; 3],
+            std: [1.0 / 255.0; 3],
+        }
+    }
+
+    fn close(got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-4, "{got:?} vs {want:?}");
+        }
+    }
+
+    fn meta(w: usize, h: usize, format: PixelFormat) -> FrameMeta {
+        FrameMeta {
+            seq: 0,
+            timestamp: Duration::ZERO,
+            width: w,
+            height: h,
+            format,
+            truth: None,
+            label: Default::default(),
+        }
+    }
+
+    #[test]
+    fn identity_size_copies_pixels_planar() {
+        let data: Vec<u8> = (0..2 * 2 * 3).map(|v| v as u8).collect();
+        let m = meta(2, 2, PixelFormat::Rgb8);
+        let mut p = Preprocessor::new(&spec(2, 2, None));
+        let out = p.run(&Frame { data: &data, meta: &m }).unwrap();
+        // With std = 1/255 and mean 0, values come out as raw bytes.
+        close(out, &[0.0, 3.0, 6.0, 9.0, 1.0, 4.0, 7.0, 10.0, 2.0, 5.0, 8.0, 11.0]);
+    }
+
+    #[test]
+    fn downscale_by_two_averages_pairs_with_half_pixel_centres() {
+        // 4x1 gray row 0, 10, 20, 30 -> 2x1: centres at source 0.5 and 2.5.
+        let data = [0u8, 10, 20, 30];
+        let m = meta(4, 1, PixelFormat::Gray8);
+        let mut s = spec(2, 1, None);
+        s.shape = vec![1, 3, 1, 2];
+        let mut p = Preprocessor::new(&s);
+        let out = p.run(&Frame { data: &data, meta: &m }).unwrap();
+        close(&out[..2], &[5.0, 25.0]);
+        close(&out[2..4], &[5.0, 25.0]);
+    }
+
+    #[test]
+    fn upscale_clamps_at_the_edges() {
+        let data = [0u8, 100];
+        let m = meta(2, 1, PixelFormat::Gray8);
+        let mut s = spec(4, 1, None);
+        s.shape = vec![1, 3, 1, 4];
+        let mut p = Preprocessor::new(&s);
+        let out = p.run(&Frame { data: &data, meta: &m }).unwrap();
+        // s = (d + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25 -> clamp -> 0, 25, 75, 100.
+        close(&out[..4], &[0.0, 25.0, 75.0, 100.0]);
+    }
+
+    #[test]
+    fn roi_selects_the_window_and_must_fit() {
+        let data: Vec<u8> = (0..16).collect();
+        let m = meta(4, 4, PixelFormat::Gray8);
+        let mut s = spec(2, 2, Some([2, 2, 2, 2]));
+        s.shape = vec![1, 3, 2, 2];
+        let mut p = Preprocessor::new(&s);
+        close(&p.run(&Frame { data: &data, meta: &m }).unwrap()[..4], &[10.0, 11.0, 14.0, 15.0]);
+        let mut s = spec(2, 2, Some([3, 0, 2, 2]));
+        s.shape = vec![1, 3, 2, 2];
+        let mut p = Preprocessor::new(&s);
+        assert_eq!(p.run(&Frame { data: &data, meta: &m }), Err(PreprocessError::RoiOutside));
+    }
+
+    #[test]
+    fn wrong_byte_count_is_an_error_not_a_panic() {
+        let m = meta(4, 4, PixelFormat::Rgb8);
+        let mut p = Preprocessor::new(&spec(2, 2, None));
+        assert_eq!(p.run(&Frame { data: &[0; 10], meta: &m }), Err(PreprocessError::SizeMismatch));
+    }
+
+    #[test]
+    fn normalisation_and_gray_mode() {
+        let data = [255u8, 0, 0];
+        let m = meta(1, 1, PixelFormat::Rgb8);
+        let mut s = spec(1, 1, None);
+        s.shape = vec![1, 3, 1, 1];
+        s.mean = [0.5, 0.25, 0.0];
+        s.std = [0.5, 0.5, 0.25];
+        s.color = ColorMode::Gray;
+        let mut p = Preprocessor::new(&s);
+        let out = p.run(&Frame { data: &data, meta: &m }).unwrap();
+        let l = 0.299f32;
+        let want = [(l - 0.5) / 0.5, (l - 0.25) / 0.5, l / 0.25];
+        for (o, w) in out.iter().zip(want) {
+            assert!((o - w).abs() < 1e-5, "{out:?} vs {want:?}");
+        }
+    }
+}

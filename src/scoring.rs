@@ -1,0 +1,155 @@
+//! Reconstruction -> anomaly map -> image score (see `docs/BUNDLE.md`, Scoring).
+//!
+//! Pure arithmetic on buffers allocated once; the same steps as `scripts/common.py`.
+
+use crate::bundle::ScoringSpec;
+
+/// Gaussian kernel of `sigma` with radius `floor(truncate * sigma + 0.5)`, normalised to 1.
+/// `sigma == 0` gives the identity kernel `[1]`.
+pub fn gaussian_kernel(sigma: f32, truncate: f32) -> Vec<f32> {
+    if sigma <= 0.0 {
+        return vec![1.0];
+    }
+    // In f64, then rounded once, as `scripts/common.py` does.
+    let (sigma, truncate) = (f64::from(sigma), f64::from(truncate));
+    let r = (truncate * sigma + 0.5).floor() as i64;
+    let k: Vec<f64> = (-r..=r).map(|i| (-0.5 * (i as f64 / sigma).powi(2)).exp()).collect();
+    let sum: f64 = k.iter().sum();
+    k.iter().map(|v| (v / sum) as f32).collect()
+}
+
+/// Index `i` (may be outside `0..n`) mirrored into range, edge sample repeated
+/// (`d c b a | a b c d | d c b a`), for any distance from the edge.
+fn reflect(i: isize, n: usize) -> usize {
+    let n = n as isize;
+    let m = i.rem_euclid(2 * n);
+    (if m < n { m } else { 2 * n - 1 - m }) as usize
+}
+
+/// 1-D convolution of strided samples of `src` into `dst` with reflect borders.
+fn convolve_line(src: &[f32], dst: &mut [f32], n: usize, stride: usize, kernel: &[f32]) {
+    let r = (kernel.len() / 2) as isize;
+    for i in 0..n {
+        let mut acc = 0.0f32;
+        for (k, w) in kernel.iter().enumerate() {
+            acc += w * src[reflect(i as isize + k as isize - r, n) * stride];
+        }
+        dst[i * stride] = acc;
+    }
+}
+
+/// Turns reconstructions into anomaly maps and scores, reusing its buffers.
+#[derive(Debug)]
+pub struct Scorer {
+    width: usize,
+    height: usize,
+    kernel: Vec<f32>,
+    map: Vec<f32>,
+    tmp: Vec<f32>,
+}
+
+impl Scorer {
+    /// Buffers for `width x height` maps with `spec`'s smoothing.
+    pub fn new(width: usize, height: usize, spec: &ScoringSpec) -> Self {
+        Self {
+            width,
+            height,
+            kernel: gaussian_kernel(spec.sigma, spec.truncate),
+            map: vec![0.0; width * height],
+            tmp: vec![0.0; width * height],
+        }
+    }
+
+    /// The smoothed anomaly map of the last [`Self::score`], row-major `height x width`.
+    pub fn map(&self) -> &[f32] {
+        &self.map
+    }
+
+    /// Map width.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Map height.
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// Scores one frame from its model input and reconstruction (both NCHW, 3 channels).
+    /// A non-finite reconstruction gives a NaN score, which the decision treats as a fault.
+    pub fn score(&mut self, input: &[f32], recon: &[f32]) -> f32 {
+        let plane = self.width * self.height;
+        debug_assert_eq!(input.len(), 3 * plane);
+        debug_assert_eq!(recon.len(), 3 * plane);
+        for (i, e) in self.tmp.iter_mut().enumerate() {
+            let d = |c: usize| input[c * plane + i] - recon[c * plane + i];
+            *e = (d(0) * d(0) + d(1) * d(1) + d(2) * d(2)) / 3.0;
+        }
+        let (w, h) = (self.width, self.height);
+        // Rows from tmp into map, then columns from map back into tmp.
+        for y in 0..h {
+            convolve_line(&self.tmp[y * w..], &mut self.map[y * w..], w, 1, &self.kernel);
+        }
+        for x in 0..w {
+            convolve_line(&self.map[x..], &mut self.tmp[x..], h, w, &self.kernel);
+        }
+        std::mem::swap(&mut self.map, &mut self.tmp);
+        self.map.iter().fold(f32::NEG_INFINITY, |m, &v| if v.is_nan() || m.is_nan() { f32::NAN } else { m.max(v) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(sigma: f32) -> ScoringSpec {
+        ScoringSpec { error: "squared_mean_channels".into(), sigma, truncate: 4.0, reduction: "max".into() }
+    }
+
+    #[test]
+    fn kernel_matches_scipy_radius_and_sums_to_one() {
+        let k = gaussian_kernel(1.5, 4.0);
+        assert_eq!(k.len(), 2 * 6 + 1);
+        assert!((k.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(gaussian_kernel(0.0, 4.0), vec![1.0]);
+    }
+
+    #[test]
+    fn reflect_mirrors_with_edge_repeated() {
+        let got: Vec<usize> = (-4..8).map(|i| reflect(i, 4)).collect();
+        assert_eq!(got, vec![3, 2, 1, 0, 0, 1, 2, 3, 3, 2, 1, 0]);
+        assert_eq!(reflect(-9, 2), 0);
+    }
+
+    #[test]
+    fn unsmoothed_score_is_max_channel_mean_squared_error() {
+        let mut s = Scorer::new(2, 1, &spec(0.0));
+        let input = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let recon = [1.0, 2.0, 1.0, 2.0, 1.0, 2.0];
+        assert_eq!(s.score(&input, &recon), 4.0);
+        assert_eq!(s.map(), &[1.0, 4.0]);
+    }
+
+    #[test]
+    fn smoothing_preserves_a_constant_map_and_spreads_a_spike() {
+        let mut s = Scorer::new(9, 7, &spec(1.0));
+        let input = vec![0.0; 3 * 63];
+        let recon = vec![2.0; 3 * 63];
+        assert!((s.score(&input, &recon) - 4.0).abs() < 1e-5);
+        let mut recon = vec![0.0; 3 * 63];
+        for c in 0..3 {
+            recon[c * 63 + 3 * 9 + 4] = 1.0;
+        }
+        let peak = s.score(&input, &recon);
+        let k = gaussian_kernel(1.0, 4.0);
+        assert!((peak - k[4] * k[4]).abs() < 1e-6, "{peak}");
+        // Energy is preserved away from borders.
+        assert!((s.map().iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn nan_reconstruction_gives_nan_score() {
+        let mut s = Scorer::new(2, 1, &spec(0.0));
+        assert!(s.score(&[0.0; 6], &[0.0, f32::NAN, 0.0, 0.0, 0.0, 0.0]).is_nan());
+    }
+}
