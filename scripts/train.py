@@ -35,6 +35,10 @@ def parse_args(argv=None):
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--patience", type=int, default=12)
     p.add_argument("--mask-ratio", type=float, default=0.0, help="share of patch tokens masked in training")
+    p.add_argument("--corrupt-ratio", type=float, default=0.0,
+                   help="training inputs get this share of their area pasted over from elsewhere (target stays clean)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from the weights of a checkpoint of this script (a second training stage)")
     p.add_argument("--pretrained", type=Path, default=None, help="local timm-named ViT checkpoint")
     p.add_argument("--max-train-images", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this")
@@ -45,6 +49,22 @@ def parse_args(argv=None):
 
 def load_stack(samples, pre: common.Preprocess) -> torch.Tensor:
     return torch.from_numpy(np.stack([pre(common.load_rgb(s.path)) for s in samples]))
+
+
+def corrupt(xb: torch.Tensor, ratio: float, gen: torch.Generator, size: int = anovit_model.PATCH) -> torch.Tensor:
+    """Pastes size x size squares cut from random places of the batch over random places of each
+    image, covering about `ratio` of its area. The loss still compares with the clean image, so
+    the model learns to replace content that does not belong there instead of copying it: a
+    reconstruction model that copies its input copies the defects too (docs/MODEL.md)."""
+    b, _, h, w = xb.shape
+    n = int(round(ratio * h * w / size**2))
+    out = xb.clone()
+    ys, xs, sys_, sxs = (torch.randint(0, hi - size + 1, (b, n), generator=gen) for hi in (h, w, h, w))
+    src = torch.randint(0, b, (b, n), generator=gen)
+    for i in range(b):
+        for y, x, sy, sx, j in zip(ys[i].tolist(), xs[i].tolist(), sys_[i].tolist(), sxs[i].tolist(), src[i].tolist()):
+            out[i, :, y:y + size, x:x + size] = xb[j, :, sy:sy + size, sx:sx + size]
+    return out
 
 
 def evaluate_loss(model, x: torch.Tensor, batch: int) -> float:
@@ -86,14 +106,23 @@ def train(args) -> dict:
     model = anovit_model.build(args.size, args.image_size, args.mask_ratio)
     if args.pretrained:
         anovit_model.load_pretrained(model, args.pretrained)
+    epoch0 = 0  # epochs of the stage this run continues, so the manifest counts the whole schedule
+    if args.init:
+        init = torch.load(args.init, map_location="cpu", weights_only=False)
+        if init["size"] != args.size or init["input"] != pre.to_manifest():
+            raise ValueError(f"{args.init}: other size or preprocessing than this run")
+        model.load_state_dict(init["state_dict"])
+        epoch0 = init["training"]["epochs"]
+        print(f"init: weights of {args.init} (best epoch {init['training']['best_epoch']})", flush=True)
     params = anovit_model.count_params(model)
     gflop = anovit_model.count_gflop(model, args.image_size)
     print(f"model: AnoViT-{args.size}, {params / 1e6:.2f} M params, {gflop:.3f} GFLOP/frame, "
-          f"mask_ratio {args.mask_ratio}", flush=True)
+          f"mask_ratio {args.mask_ratio}, corrupt_ratio {args.corrupt_ratio}", flush=True)
 
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.999))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs) if args.cosine else None
     gen = torch.Generator().manual_seed(args.seed)
+    corrupt_gen = torch.Generator().manual_seed(args.seed + 1)  # own stream: shuffling stays the same
     best = {"val_loss": float("inf"), "epoch": 0, "state": None}
     history = []
     start = time.time()
@@ -106,6 +135,7 @@ def train(args) -> dict:
             "arch": anovit_model.arch_dict(args.size),
             "image_size": args.image_size,
             "mask_ratio": args.mask_ratio,
+            "corrupt_ratio": args.corrupt_ratio,
             "params": params,
             "gflop": gflop,
             "input": pre.to_manifest(),
@@ -115,8 +145,8 @@ def train(args) -> dict:
                 "data_fingerprint": fingerprint,
                 "n_train": len(train_s),
                 "n_val": len(val_s),
-                "epochs": len(history),
-                "best_epoch": best["epoch"],
+                "epochs": epoch0 + len(history),
+                "best_epoch": epoch0 + best["epoch"],
                 "seed": args.seed,
                 "val_loss": best["val_loss"],
             },
@@ -132,7 +162,8 @@ def train(args) -> dict:
         total = 0.0
         for i in range(0, len(order), args.batch):
             xb = x_train[order[i:i + args.batch]]
-            loss = F.mse_loss(model(xb), xb)
+            inp = corrupt(xb, args.corrupt_ratio, corrupt_gen) if args.corrupt_ratio > 0 else xb
+            loss = F.mse_loss(model(inp), xb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -50,6 +50,15 @@ pub struct ModelInfo {
     pub sha256: String,
     /// `f32` or `int8`.
     pub precision: String,
+    /// `onnx` or `nnef` (a plan compiled by `anovit compile`); absent: from the file extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// For plans: the tract version that wrote them. Plans only load in the same version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tract_version: Option<String>,
+    /// For plans: the ONNX file they were compiled from (`file`, `sha256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compiled_from: Option<serde_json::Value>,
     /// Architecture details (informative).
     #[serde(default)]
     pub arch: serde_json::Value,
@@ -136,6 +145,27 @@ pub struct Threshold {
     pub stats: serde_json::Value,
 }
 
+/// What kind of model file a bundle holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// ONNX, as exported by `scripts/export.py`.
+    Onnx,
+    /// tract's NNEF archive, as written by `anovit compile`.
+    Nnef,
+}
+
+impl ModelInfo {
+    /// The model file's format.
+    pub fn format(&self) -> ModelFormat {
+        match self.format.as_deref() {
+            Some("nnef") => ModelFormat::Nnef,
+            Some(_) => ModelFormat::Onnx,
+            None if self.file.ends_with(".nnef.tgz") || self.file.ends_with(".nnef.tar") => ModelFormat::Nnef,
+            None => ModelFormat::Onnx,
+        }
+    }
+}
+
 /// A verified bundle on disk.
 #[derive(Clone, Debug)]
 pub struct Bundle {
@@ -210,6 +240,12 @@ impl Manifest {
         }
         if !matches!(self.model.precision.as_str(), "f32" | "int8") {
             return Err(format!("`model.precision` is {:?}, expected \"f32\" or \"int8\"", self.model.precision));
+        }
+        if !matches!(self.model.format.as_deref(), None | Some("onnx" | "nnef")) {
+            return Err(format!("`model.format` is {:?}, expected \"onnx\" or \"nnef\"", self.model.format));
+        }
+        if self.model.format() == ModelFormat::Nnef && self.model.tract_version.is_none() {
+            return Err("`model.tract_version` is required for a compiled plan: recompile with `anovit compile`".into());
         }
         let i = &self.input;
         if i.shape.len() != 4 || i.shape[0] != 1 || i.shape[1] != 3 {

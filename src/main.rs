@@ -38,6 +38,20 @@ enum Cmd {
     Run(RunArgs),
     /// Write the synthetic conveyor data set (the demo model's training data) in MVTec layout.
     Synth(SynthArgs),
+    /// Compile an ONNX bundle into a plan bundle (tract NNEF) for deploy builds.
+    #[cfg(feature = "onnx")]
+    Compile(CompileArgs),
+}
+
+#[cfg(feature = "onnx")]
+#[derive(Args)]
+struct CompileArgs {
+    /// ONNX bundle directory (model.onnx + manifest.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Output bundle directory.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args, Default)]
@@ -97,6 +111,8 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Some(Cmd::Run(a)) => run(a),
         Some(Cmd::Synth(a)) => write_synth(&a),
+        #[cfg(feature = "onnx")]
+        Some(Cmd::Compile(a)) => compile(&a),
         None => run(RunArgs::default()),
     };
     match r {
@@ -246,6 +262,45 @@ fn run_loop<P: OutputPin>(
     if let (Some(p), Some(fb)) = (&a.snapshot, &report.display) {
         fb.save_png(p).with_context(|| format!("cannot write snapshot {}", p.display()))?;
         println!("status screen saved to {}", p.display());
+    }
+    Ok(())
+}
+
+/// Compiles, then checks that the plan reproduces the ONNX model's output on a real frame.
+#[cfg(feature = "onnx")]
+fn compile(a: &CompileArgs) -> Result<()> {
+    let src = Bundle::load(&a.model)?;
+    let t = std::time::Instant::now();
+    let manifest = anovit::model::compile(&src, &a.out)?;
+    let compiled_in = t.elapsed();
+    let plan = Bundle::load(&a.out)?;
+    let g = SynthConveyor::new(1, 256, 256, 0.5);
+    let mut source = SyntheticSource::new(g, 0, Some(1));
+    let frame = source.next_frame(Duration::ZERO)?.context("the synthetic source gave no frame")?;
+    let mut pre = Preprocessor::new(&src.manifest.input);
+    let input = pre.run(&frame)?.to_vec();
+    let reference = Model::load(&src)?.infer(&input)?.to_vec();
+    let t = std::time::Instant::now();
+    let got = Model::load(&plan)?.infer(&input)?.to_vec();
+    let load_to_first = t.elapsed();
+    let (num, den) = got
+        .iter()
+        .zip(&reference)
+        .fold((0f64, 0f64), |(n, d), (a, b)| (n + f64::from(a - b).powi(2), d + f64::from(*b).powi(2)));
+    let rel = (num / den.max(1e-30)).sqrt();
+    let size = std::fs::metadata(plan.model_path()).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "compiled {} -> {} in {} ms ({:.2} MB plan, tract {}); plan load to first result {} ms; \
+         plan vs ONNX relative L2 {rel:.2e}",
+        src.model_path().display(),
+        manifest.display(),
+        compiled_in.as_millis(),
+        size as f64 / 1e6,
+        anovit::model::TRACT_VERSION,
+        load_to_first.as_millis()
+    );
+    if !(rel < 1e-5) {
+        bail!("the compiled plan differs from the ONNX model (relative L2 {rel:.2e} >= 1e-5): do not deploy it");
     }
     Ok(())
 }

@@ -1,17 +1,137 @@
 //! The model: loaded once with a static input fact, optimised once, one state reused per frame.
 //!
+//! Two sources give the same plan: an ONNX file (feature `onnx`, parsed by tract-onnx), or an
+//! NNEF archive compiled ahead of time by `anovit compile` (tract-nnef only, so a deploy build
+//! carries no ONNX front-end). A plan loads only in the tract version that wrote it.
+//!
 //! tract's errors (anyhow) are wrapped here; nothing above this module sees them. The facade
 //! copies the input into a tensor and returns fresh output tensors, so the model boundary
 //! allocates per frame: that cost is measured and budgeted apart from our own stages.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use tract_onnx::prelude::*;
+use tract_core::prelude::*;
+use tract_onnx_opl::WithOnnx;
+use tract_transformers::WithTractTransformers;
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, Manifest, ModelFormat};
 use crate::error::{Error, Result};
 
+/// The tract version this binary links (pinned with `=` in Cargo.toml; checked by a test).
+pub const TRACT_VERSION: &str = "0.23.9";
+
+/// Property tract-nnef writes into every archive with its own version.
+const SER_VERSION_KEY: &str = "tract_nnef_ser_version";
+
 type Plan = Arc<TypedRunnableModel>;
+
+/// The NNEF framework with every operator set our models use.
+pub fn nnef() -> tract_nnef::framework::Nnef {
+    tract_nnef::nnef().with_onnx().with_tract_transformers()
+}
+
+fn tract_err(path: &Path) -> impl Fn(anyhow::Error) -> Error + '_ {
+    move |e| Error::Model { path: path.to_path_buf(), why: format!("{e:#}") }
+}
+
+fn mismatch(path: &Path, why: String) -> Error {
+    Error::ModelMismatch { path: path.to_path_buf(), why }
+}
+
+/// Reads the bundle's model file into a typed model with the manifest's input shape, and checks
+/// its inputs and outputs against the manifest. Returns the model and the reconstruction output's
+/// index.
+pub fn load_typed(bundle: &Bundle) -> Result<(TypedModel, usize)> {
+    let path = bundle.model_path();
+    let m = &bundle.manifest;
+    let typed = match m.model.format() {
+        ModelFormat::Onnx => load_onnx(&path, m)?,
+        ModelFormat::Nnef => load_nnef(&path, m)?,
+    };
+    let err = tract_err(&path);
+    let inputs: Vec<String> =
+        typed.input_outlets().map_err(&err)?.iter().map(|o| typed.node(o.node).name.clone()).collect();
+    if inputs.len() != 1 || inputs[0] != m.input.name {
+        return Err(mismatch(
+            &path,
+            format!("inputs are {inputs:?}, the manifest expects one named {:?}", m.input.name),
+        ));
+    }
+    let outputs: Vec<String> = typed
+        .output_outlets()
+        .map_err(&err)?
+        .iter()
+        .map(|o| typed.outlet_label(*o).map(str::to_string).unwrap_or_else(|| typed.node(o.node).name.clone()))
+        .collect();
+    let Some(out_index) = outputs.iter().position(|n| *n == m.outputs.reconstruction) else {
+        return Err(mismatch(
+            &path,
+            format!("outputs are {outputs:?}, the manifest expects {:?}", m.outputs.reconstruction),
+        ));
+    };
+    let shape = &m.input.shape[..];
+    let in_fact = typed.input_fact(0).map_err(&err)?;
+    if in_fact.datum_type != f32::datum_type() || in_fact.shape.as_concrete() != Some(shape) {
+        return Err(mismatch(&path, format!("input is {in_fact:?}, the manifest says f32 {shape:?}")));
+    }
+    let out_fact = typed.output_fact(out_index).map_err(&err)?;
+    if out_fact.shape.as_concrete() != Some(shape) {
+        return Err(mismatch(
+            &path,
+            format!("output {:?} has shape {:?}, expected {shape:?}", m.outputs.reconstruction, out_fact.shape),
+        ));
+    }
+    Ok((typed, out_index))
+}
+
+#[cfg(feature = "onnx")]
+fn load_onnx(path: &Path, m: &Manifest) -> Result<TypedModel> {
+    use tract_onnx::prelude::{Framework as _, InferenceModelExt as _};
+    let err = tract_err(path);
+    let mut model = tract_onnx::onnx().model_for_path(path).map_err(&err)?;
+    let n_inputs = model.input_outlets().map_err(&err)?.len();
+    if n_inputs != 1 {
+        return Err(mismatch(path, format!("the model has {n_inputs} inputs, expected one image input")));
+    }
+    let s = &m.input.shape;
+    model.set_input_fact(0, f32::fact([s[0], s[1], s[2], s[3]]).into()).map_err(&err)?;
+    model.into_typed().map_err(err)
+}
+
+#[cfg(not(feature = "onnx"))]
+fn load_onnx(path: &Path, _: &Manifest) -> Result<TypedModel> {
+    Err(Error::Model {
+        path: path.to_path_buf(),
+        why: "this is a deploy build without the ONNX front-end: compile the bundle into a plan with \
+              `anovit compile` on a full build and copy that bundle here"
+            .into(),
+    })
+}
+
+fn load_nnef(path: &Path, m: &Manifest) -> Result<TypedModel> {
+    let wrote = m.model.tract_version.as_deref().unwrap_or("unknown");
+    if wrote != TRACT_VERSION {
+        return Err(mismatch(
+            path,
+            format!(
+                "the plan was compiled by tract {wrote}, this anovit runs tract {TRACT_VERSION}: recompile it with \
+                 this anovit's `anovit compile`"
+            ),
+        ));
+    }
+    let model = nnef().model_for_path(path).map_err(tract_err(path))?;
+    let ser = model
+        .properties
+        .get(SER_VERSION_KEY)
+        .and_then(|t| t.try_as_plain_ram().and_then(|v| v.to_scalar::<String>().cloned()).ok());
+    if ser.as_deref() != Some(TRACT_VERSION) {
+        return Err(mismatch(
+            path,
+            format!("the archive says it was written by tract {ser:?}, this anovit runs tract {TRACT_VERSION}: recompile it"),
+        ));
+    }
+    Ok(model)
+}
 
 /// A loaded, optimised model with its reusable state.
 pub struct Model {
@@ -27,59 +147,17 @@ impl std::fmt::Debug for Model {
     }
 }
 
-fn model_err(path: &Path) -> impl Fn(anyhow::Error) -> Error + '_ {
-    move |e| Error::Model { path: path.to_path_buf(), why: format!("{e:#}") }
-}
-
 impl Model {
-    /// Loads the bundle's ONNX model, fixes its input to the manifest's shape, checks that the
-    /// reconstruction output exists with the same shape, and builds the plan.
+    /// Loads the bundle's model (ONNX or plan), checks it against the manifest and builds the
+    /// optimised plan with one state.
     pub fn load(bundle: &Bundle) -> Result<Model> {
         let path = bundle.model_path();
-        let m = &bundle.manifest;
-        let s = &m.input.shape;
+        let (typed, out_index) = load_typed(bundle)?;
+        let s = &bundle.manifest.input.shape;
         let shape = [s[0], s[1], s[2], s[3]];
-        let err = model_err(&path);
-        let mut model = tract_onnx::onnx().model_for_path(&path).map_err(&err)?;
-        let input_names: Vec<String> =
-            model.input_outlets().map_err(&err)?.iter().map(|o| model.node(o.node).name.clone()).collect();
-        if input_names.len() != 1 || input_names[0] != m.input.name {
-            return Err(Error::ModelMismatch {
-                path: path.clone(),
-                why: format!("inputs are {input_names:?}, the manifest expects one named {:?}", m.input.name),
-            });
-        }
-        let outputs: Vec<String> = model
-            .output_outlets()
-            .map_err(&err)?
-            .iter()
-            .map(|o| model.outlet_label(*o).map(str::to_string).unwrap_or_else(|| model.node(o.node).name.clone()))
-            .collect();
-        let Some(out_index) = outputs.iter().position(|n| *n == m.outputs.reconstruction) else {
-            return Err(Error::ModelMismatch {
-                path: path.clone(),
-                why: format!("outputs are {outputs:?}, the manifest expects {:?}", m.outputs.reconstruction),
-            });
-        };
-        model.set_input_fact(0, f32::fact(shape).into()).map_err(&err)?;
-        let typed = model.into_typed().map_err(&err)?;
-        let out_fact = typed.output_fact(out_index).map_err(&err)?;
-        let out_shape = out_fact.shape.as_concrete().map(|s| s.to_vec());
-        if out_shape.as_deref() != Some(&shape[..]) {
-            return Err(Error::ModelMismatch {
-                path: path.clone(),
-                why: format!(
-                    "output {:?} has shape {:?}, expected {shape:?}",
-                    m.outputs.reconstruction, out_fact.shape
-                ),
-            });
-        }
-        let plan: Plan = typed.into_optimized().map_err(&err)?.into_runnable().map_err(&err)?;
-        Self::from_plan(&plan, shape, out_index).map_err(err)
-    }
-
-    fn from_plan(plan: &Plan, shape: [usize; 4], out_index: usize) -> TractResult<Model> {
-        Ok(Model { state: plan.spawn()?, shape, out_index, recon: vec![0.0; shape.iter().product()] })
+        let plan: Plan = typed.into_optimized().and_then(|m| m.into_runnable()).map_err(tract_err(&path))?;
+        let state = plan.spawn().map_err(tract_err(&path))?;
+        Ok(Model { state, shape, out_index, recon: vec![0.0; shape.iter().product()] })
     }
 
     /// Input shape `[1, 3, H, W]`.
@@ -87,8 +165,8 @@ impl Model {
         self.shape
     }
 
-    /// Runs one frame; returns the reconstruction (NCHW). Errors are tract's, as text, so that
-    /// the loop can count them and reject the part.
+    /// Runs one frame; returns the reconstruction (NCHW). Errors are reported as a kind so
+    /// that the loop can count them and reject the part.
     pub fn infer(&mut self, input: &[f32]) -> std::result::Result<&[f32], InferError> {
         let t = Tensor::from_shape(&self.shape, input).map_err(|_| InferError::BadInput)?;
         let out = self.state.run(tvec!(t.into())).map_err(|_| InferError::Engine)?;
@@ -121,3 +199,49 @@ impl std::fmt::Display for InferError {
 }
 
 impl std::error::Error for InferError {}
+
+/// File name of the plan inside a compiled bundle.
+pub const PLAN_FILE: &str = "model.nnef.tgz";
+
+/// Compiles a bundle's ONNX model into a plan bundle in `out`: input shape fixed, graph
+/// decluttered, written as tract's NNEF archive (deterministic, gzip), with a manifest that
+/// records the plan's hash, the tract version and the ONNX file it came from. Returns the path
+/// of the new manifest.
+pub fn compile(bundle: &Bundle, out: &Path) -> Result<PathBuf> {
+    let src = bundle.model_path();
+    if bundle.manifest.model.format() != ModelFormat::Onnx {
+        return Err(mismatch(&src, "`anovit compile` takes an ONNX bundle; this one is already a plan".into()));
+    }
+    let (typed, _) = load_typed(bundle)?;
+    let typed = typed.into_decluttered().map_err(tract_err(&src))?;
+    std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.to_path_buf(), source })?;
+    let plan_path = out.join(PLAN_FILE);
+    let io = |source| Error::Io { path: plan_path.clone(), source };
+    let file = std::fs::File::create(&plan_path).map_err(io)?;
+    let gz = flate2::write::GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::default());
+    let gz = nnef().write_to_tar_with_config(&typed, gz, false, true).map_err(tract_err(&plan_path))?;
+    gz.finish().and_then(|mut w| std::io::Write::flush(&mut w)).map_err(io)?;
+
+    let bytes = std::fs::read(&plan_path).map_err(io)?;
+    let mut manifest = bundle.manifest.clone();
+    manifest.model.compiled_from =
+        Some(serde_json::json!({"file": manifest.model.file, "sha256": manifest.model.sha256}));
+    manifest.model.file = PLAN_FILE.into();
+    manifest.model.sha256 = crate::bundle::sha256_hex(&bytes);
+    manifest.model.format = Some("nnef".into());
+    manifest.model.tract_version = Some(TRACT_VERSION.into());
+    let mpath = out.join("manifest.json");
+    let text = serde_json::to_string_pretty(&manifest).expect("a manifest always serialises");
+    std::fs::write(&mpath, text + "\n").map_err(|source| Error::Io { path: mpath.clone(), source })?;
+    Ok(mpath)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tract_version_matches_the_lock_file() {
+        let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+        let want = format!("name = \"tract-nnef\"\nversion = \"{}\"", super::TRACT_VERSION);
+        assert!(lock.contains(&want), "Cargo.lock pins another tract-nnef than TRACT_VERSION");
+    }
+}

@@ -47,7 +47,7 @@ fn demo_runs_with_no_arguments_and_matches_ground_truth() {
     assert!(o.status.success(), "{out}\n{err}");
     assert_eq!(out.lines().filter(|l| l.starts_with("part ")).count(), 200, "one line per part");
     let line = out.lines().find(|l| l.starts_with("verdicts matched ground truth")).expect(&out);
-    let frac = line.split_whitespace().nth(4).unwrap();
+    let frac = line.split_whitespace().nth(5).unwrap();
     let (ok, n) = frac.split_once('/').unwrap();
     let (ok, n): (f64, f64) = (ok.parse().unwrap(), n.parse().unwrap());
     assert_eq!(n, 200.0);

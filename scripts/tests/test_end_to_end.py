@@ -44,9 +44,12 @@ def run(tmp_path_factory):
     data = tmp / "data"
     make_dataset(data)
     ckpt = tmp / "tiny.pt"
-    train.train(train.parse_args(["--data", str(data), "--size", "tiny", "--image-size", "64", "--epochs", "3",
-                                  "--batch", "4", "--val-fraction", "0.25", "--mask-ratio", "0.5",
-                                  "--out", str(ckpt)]))
+    common_args = ["--data", str(data), "--size", "tiny", "--image-size", "64", "--batch", "4", "--val-fraction", "0.25"]
+    stage1 = tmp / "stage1.pt"
+    train.train(train.parse_args(common_args + ["--epochs", "2", "--mask-ratio", "0.5", "--out", str(stage1)]))
+    # Second stage as in the demo recipe: continue from stage 1 with corrupted inputs.
+    train.train(train.parse_args(common_args + ["--epochs", "1", "--init", str(stage1), "--corrupt-ratio", "0.3",
+                                                "--cosine", "--out", str(ckpt)]))
     f32, int8 = tmp / "f32", tmp / "int8"
     exported = export.main(export.parse_args(["--ckpt", str(ckpt), "--out", str(f32), "--sigma", "2"]))
     quantize.main(quantize.parse_args(["--bundle", str(f32), "--out", str(int8), "--data", str(data),

@@ -1,0 +1,106 @@
+//! Ahead-of-time plans: `anovit compile` output reproduces the ONNX model, and a plan from another
+//! tract version or with a bad hash is refused with a clear message.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anovit::bundle::Bundle;
+use anovit::capture::{FrameSource, SyntheticSource};
+use anovit::model::Model;
+use anovit::preprocess::Preprocessor;
+use anovit::scoring::Scorer;
+use anovit::synth::SynthConveyor;
+use common::*;
+
+/// The demo bundle compiled once per test binary.
+fn plan_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        anovit::model::compile(demo_bundle(), &d.path().join("plan")).unwrap();
+        d
+    })
+    .path()
+}
+
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let (n, d) =
+        a.iter().zip(b).fold((0f64, 0f64), |(n, d), (x, y)| (n + f64::from(x - y).powi(2), d + f64::from(*y).powi(2)));
+    (n / d).sqrt()
+}
+
+#[test]
+fn plan_matches_onnx_on_good_and_defective_frames() {
+    let onnx = demo_bundle();
+    let plan = Bundle::load(&plan_dir().join("plan")).unwrap();
+    assert_eq!(plan.manifest.model.tract_version.as_deref(), Some(anovit::model::TRACT_VERSION));
+    assert_eq!(plan.manifest.model.compiled_from.as_ref().unwrap()["sha256"], onnx.manifest.model.sha256);
+    let m = &onnx.manifest;
+    let (mut a, mut b) = (Model::load(onnx).unwrap(), Model::load(&plan).unwrap());
+    let mut pre = Preprocessor::new(&m.input);
+    let mut scorer = Scorer::new(m.input.width(), m.input.height(), &m.scoring);
+    let mut src = SyntheticSource::new(SynthConveyor::new(3, 256, 256, 0.5), 0, Some(6));
+    while let Some(frame) = src.next_frame(std::time::Duration::ZERO).unwrap() {
+        let input = pre.run(&frame).unwrap().to_vec();
+        let ra = a.infer(&input).unwrap().to_vec();
+        let rb = b.infer(&input).unwrap().to_vec();
+        let rel = rel_l2(&rb, &ra);
+        assert!(rel < 1e-5, "plan vs ONNX relative L2 {rel:e}");
+        let (sa, sb) = (scorer.score(&input, &ra), scorer.score(&input, &rb));
+        assert!(((sa - sb) / sa).abs() < 1e-4, "scores {sa} vs {sb}");
+    }
+}
+
+fn copy_plan(edit: impl FnOnce(&mut serde_json::Value, &Path)) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let src = plan_dir().join("plan");
+    for f in ["manifest.json", anovit::model::PLAN_FILE] {
+        std::fs::copy(src.join(f), d.path().join(f)).unwrap();
+    }
+    let mp = d.path().join("manifest.json");
+    let mut j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&mp).unwrap()).unwrap();
+    edit(&mut j, d.path());
+    std::fs::write(&mp, j.to_string()).unwrap();
+    d
+}
+
+fn run_fails(bundle: &Path, want: &str) {
+    let o = Command::new(env!("CARGO_BIN_EXE_anovit"))
+        .args(["run", "--parts", "2", "--model", bundle.to_str().unwrap()])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(want), "stderr should contain {want:?}:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn runs_from_a_plan_and_refuses_bad_ones() {
+    let o = Command::new(env!("CARGO_BIN_EXE_anovit"))
+        .args(["run", "--parts", "4", "-q", "--model", plan_dir().join("plan").to_str().unwrap()])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("4 parts:"));
+
+    let other = copy_plan(|j, _| j["model"]["tract_version"] = "0.22.1".into());
+    run_fails(other.path(), "compiled by tract 0.22.1, this anovit runs tract 0.23.9");
+    let missing = copy_plan(|j, _| {
+        j["model"].as_object_mut().unwrap().remove("tract_version");
+    });
+    run_fails(missing.path(), "model.tract_version");
+    let tampered = copy_plan(|_, dir| {
+        let p = dir.join(anovit::model::PLAN_FILE);
+        let mut bytes = std::fs::read(&p).unwrap();
+        let n = bytes.len();
+        bytes[n / 3] ^= 1;
+        std::fs::write(p, bytes).unwrap();
+    });
+    run_fails(tampered.path(), "sha256");
+}
