@@ -168,10 +168,10 @@ impl SynthConveyor {
 
     fn scene(&self, spec: PartSpec) -> Scene {
         let mut rng = Rng::new(self.seed, spec.index.wrapping_mul(2));
-        let angle = rng.range(-4.0, 4.0).to_radians();
+        let angle = rng.range(-3.0, 3.0).to_radians();
         let scale = self.width.min(self.height) as f32 / Self::DEFAULT_SIZE as f32;
-        let cx = self.width as f32 * 0.5 + rng.range(-12.0, 12.0) * scale;
-        let cy = self.height as f32 * 0.5 + rng.range(-7.0, 7.0) * scale;
+        let cx = self.width as f32 * 0.5 + rng.range(-8.0, 8.0) * scale;
+        let cy = self.height as f32 * 0.5 + rng.range(-5.0, 5.0) * scale;
         let gain = rng.range(0.88, 1.12);
         let grad_x = rng.range(-0.06, 0.06);
         let grad_y = rng.range(-0.04, 0.04);
@@ -198,8 +198,8 @@ impl SynthConveyor {
                 let len = rng.range(28.0, 64.0);
                 let a = rng.range(0.0, std::f32::consts::PI);
                 let (dx, dy) = (a.cos() * len * 0.5, a.sin() * len * 0.5);
-                let delta = if rng.unit() < 0.5 { rng.range(-90.0, -55.0) } else { rng.range(45.0, 65.0) };
-                Shape::Line { x0: x - dx, y0: y - dy, x1: x + dx, y1: y + dy, half_w: rng.range(1.0, 2.0), delta }
+                let delta = if rng.unit() < 0.5 { rng.range(-110.0, -70.0) } else { rng.range(60.0, 80.0) };
+                Shape::Line { x0: x - dx, y0: y - dy, x1: x + dx, y1: y + dy, half_w: rng.range(1.5, 2.5), delta }
             }
             Defect::Hole => {
                 let (cx, cy) = on_part(rng);
