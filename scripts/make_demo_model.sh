@@ -2,7 +2,7 @@
 # Regenerates the bundled demo model end to end:
 #   synthetic conveyor data (out/demo-data)
 #   -> train AnoViT-edge at 224 px on train/good, in two stages (docs/MODEL.md says why):
-#        1. plain reconstruction, 50 epochs;  2. 15 epochs with 10 % of each input corrupted, cosine lr
+#        1. plain reconstruction, 40 epochs;  2. 10 epochs with 10 % of each input corrupted, cosine lr
 #   -> export models/demo-f32 (ONNX parity check, threshold from held-out good images)
 #   -> quantize models/demo-int8
 #   -> evaluate both on the 220 test images (docs/demo_model_eval_{f32,int8}.json).
@@ -16,9 +16,9 @@ DATA=out/demo-data
 COMMON=(--data "$DATA" --layout mvtec --size edge --image-size 224 --batch 8 --seed 0 --val-fraction 0.2
         --patience 12 --threads 2)
 
-cargo run --release -- synth --out "$DATA"
-"$PY" scripts/train.py "${COMMON[@]}" --epochs 50 --out out/demo-edge-stage1.pt
-"$PY" scripts/train.py "${COMMON[@]}" --epochs 15 --init out/demo-edge-stage1.pt --corrupt-ratio 0.1 --cosine \
+cargo run --release -- synth --out "$DATA" --train 500
+"$PY" scripts/train.py "${COMMON[@]}" --epochs 40 --out out/demo-edge-stage1.pt
+"$PY" scripts/train.py "${COMMON[@]}" --epochs 10 --init out/demo-edge-stage1.pt --corrupt-ratio 0.1 --cosine \
     --out out/demo-edge.pt
 "$PY" scripts/export.py --ckpt out/demo-edge.pt --out models/demo-f32 --name demo-edge-f32 \
     --sigma 4 --truncate 4 --target-false-reject 0.01 --margin 1.0

@@ -168,11 +168,11 @@ impl SynthConveyor {
 
     fn scene(&self, spec: PartSpec) -> Scene {
         let mut rng = Rng::new(self.seed, spec.index.wrapping_mul(2));
-        let angle = rng.range(-3.0, 3.0).to_radians();
+        let angle = rng.range(-2.0, 2.0).to_radians();
         let scale = self.width.min(self.height) as f32 / Self::DEFAULT_SIZE as f32;
         let cx = self.width as f32 * 0.5 + rng.range(-8.0, 8.0) * scale;
         let cy = self.height as f32 * 0.5 + rng.range(-5.0, 5.0) * scale;
-        let gain = rng.range(0.88, 1.12);
+        let gain = rng.range(0.95, 1.05);
         let grad_x = rng.range(-0.06, 0.06);
         let grad_y = rng.range(-0.04, 0.04);
         let belt_phase = rng.range(0.0, 64.0);

@@ -11,7 +11,8 @@ def test_edge_fits_the_board_budget():
     with torch.no_grad():
         assert m(torch.zeros(1, 3, 224, 224)).shape == (1, 3, 224, 224)
     assert anovit_model.count_gflop(m, 224) <= 2.0
-    assert 3.0e6 < anovit_model.count_params(m) < 3.6e6
+    # f32 weights under 12 MB, the budget of a bundled model.
+    assert 2.5e6 < anovit_model.count_params(m) < 3.0e6
 
 
 def test_paper_size_is_vit_base():
