@@ -183,6 +183,15 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         Some(outcome)
     }
 
+    /// Recent frames per second (smoothed), 0 before the second frame.
+    fn fps(&self) -> f32 {
+        if self.frame_interval_s > 0.0 {
+            1.0 / self.frame_interval_s
+        } else {
+            0.0
+        }
+    }
+
     fn poll_line(&mut self, now: Duration) {
         if self.line.poll(now).is_err() {
             self.counters.output_errors += 1;
@@ -192,7 +201,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
     /// Display, event log and periodic summary for one part.
     fn emit(&mut self, o: &Outcome) {
         let threshold = self.decider.threshold();
-        let fps = if self.frame_interval_s > 0.0 { 1.0 / self.frame_interval_s } else { 0.0 };
+        let fps = self.fps();
         if let Some(fb) = self.out.display.as_mut() {
             let p99 = self.latency.percentiles([99]).map_or(Duration::ZERO, |[p]| p);
             let status = Status {
@@ -247,7 +256,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
     /// Ends the run: waits out (on the loop's clock) any active pulse, leaves the reject line
     /// idle, flushes the event log and logs a final summary.
     pub fn finish(mut self) -> Report<P> {
-        let fps = if self.frame_interval_s > 0.0 { 1.0 / self.frame_interval_s } else { 0.0 };
+        let fps = self.fps();
         self.log_summary(fps);
         if let Some(w) = self.out.events.as_mut() {
             if w.flush().is_err() {
