@@ -283,11 +283,7 @@ fn compile(a: &CompileArgs) -> Result<()> {
     let t = std::time::Instant::now();
     let got = Model::load(&plan)?.infer(&input)?.to_vec();
     let load_to_first = t.elapsed();
-    let (num, den) = got
-        .iter()
-        .zip(&reference)
-        .fold((0f64, 0f64), |(n, d), (a, b)| (n + f64::from(a - b).powi(2), d + f64::from(*b).powi(2)));
-    let rel = (num / den.max(1e-30)).sqrt();
+    let rel = anovit::model::relative_l2(&got, &reference);
     let size = std::fs::metadata(plan.model_path()).map(|m| m.len()).unwrap_or(0);
     println!(
         "compiled {} -> {} in {} ms ({:.2} MB plan, tract {}); plan load to first result {} ms; \

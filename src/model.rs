@@ -200,6 +200,16 @@ impl std::fmt::Display for InferError {
 
 impl std::error::Error for InferError {}
 
+/// Relative L2 distance `|got - reference| / |reference|`, in f64: how plans and engines are
+/// compared with each other.
+pub fn relative_l2(got: &[f32], reference: &[f32]) -> f64 {
+    let (num, den) = got
+        .iter()
+        .zip(reference)
+        .fold((0f64, 0f64), |(n, d), (a, b)| (n + f64::from(a - b).powi(2), d + f64::from(*b).powi(2)));
+    (num / den.max(1e-30)).sqrt()
+}
+
 /// File name of the plan inside a compiled bundle.
 pub const PLAN_FILE: &str = "model.nnef.tgz";
 

@@ -26,12 +26,6 @@ fn plan_dir() -> &'static Path {
     .path()
 }
 
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let (n, d) =
-        a.iter().zip(b).fold((0f64, 0f64), |(n, d), (x, y)| (n + f64::from(x - y).powi(2), d + f64::from(*y).powi(2)));
-    (n / d).sqrt()
-}
-
 #[test]
 fn plan_matches_onnx_on_good_and_defective_frames() {
     let onnx = demo_bundle();
@@ -47,7 +41,7 @@ fn plan_matches_onnx_on_good_and_defective_frames() {
         let input = pre.run(&frame).unwrap().to_vec();
         let ra = a.infer(&input).unwrap().to_vec();
         let rb = b.infer(&input).unwrap().to_vec();
-        let rel = rel_l2(&rb, &ra);
+        let rel = anovit::model::relative_l2(&rb, &ra);
         assert!(rel < 1e-5, "plan vs ONNX relative L2 {rel:e}");
         let (sa, sb) = (scorer.score(&input, &ra), scorer.score(&input, &rb));
         assert!(((sa - sb) / sa).abs() < 1e-4, "scores {sa} vs {sb}");
