@@ -28,6 +28,9 @@ SIZES = {
     "tiny": dict(dim=32, depth=1, heads=2, mlp_ratio=2.0, decoder=(16, 8, 8)),
 }
 PATCH = 16
+# The paper's baseline: a convolutional autoencoder with the same decoder and a bottleneck of the
+# same shape (dim x H/16 x W/16), sized to AnoViT-edge's parameter count (2.9 M vs 3.0 M).
+CAE_SIZES = {"cae": dict(dim=192, encoder=(64, 128, 256), refine=3, decoder=(128, 64, 32))}
 
 
 class PatchEmbed(nn.Module):
@@ -148,12 +151,55 @@ class AnoViT(nn.Module):
         return self.decoder(fmap)
 
 
-def build(size: str, image_size: int = 224, mask_ratio: float = 0.0) -> AnoViT:
+def conv_stage(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    k, pad = (4, 1) if stride == 2 else (3, 1)
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, pad, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
+
+
+class CAE(nn.Module):
+    """Strided convolutions down to dim x H/16 x W/16, a few 3x3 refinements, AnoViT's decoder."""
+
+    def __init__(self, dim: int, encoder=(64, 128, 256), refine: int = 3, decoder=(128, 64, 32),
+                 image_size: int = 224):
+        super().__init__()
+        if image_size % PATCH:
+            raise ValueError(f"image size {image_size} is not a multiple of {PATCH}")
+        chans = (3, *encoder, dim)
+        self.encoder = nn.Sequential(*(conv_stage(a, b, 2) for a, b in zip(chans[:-1], chans[1:])),
+                                     *(conv_stage(dim, dim, 1) for _ in range(refine)))
+        dchans = (dim, *decoder)
+        self.decoder = nn.Sequential(
+            *(up_stage(a, b) for a, b in zip(dchans[:-1], dchans[1:])),
+            nn.ConvTranspose2d(dchans[-1], 3, kernel_size=4, stride=2, padding=1),
+        )
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
+
+
+SIZE_NAMES = sorted([*SIZES, *CAE_SIZES])
+
+
+def build(size: str, image_size: int = 224, mask_ratio: float = 0.0) -> nn.Module:
+    if size in CAE_SIZES:
+        if mask_ratio:
+            raise ValueError("token masking needs a ViT encoder; the CAE has no tokens")
+        return CAE(**CAE_SIZES[size], image_size=image_size)
     return AnoViT(**SIZES[size], image_size=image_size, mask_ratio=mask_ratio)
 
 
 def arch_dict(size: str) -> dict:
     """The manifest's informative `model.arch` object."""
+    if size in CAE_SIZES:
+        cfg = CAE_SIZES[size]
+        return {"kind": "cae", "size": size, "dim": cfg["dim"], "encoder": list(cfg["encoder"]),
+                "refine": cfg["refine"], "decoder": list(cfg["decoder"])}
     cfg = SIZES[size]
     return {"kind": "anovit", "size": size, "dim": cfg["dim"], "depth": cfg["depth"], "heads": cfg["heads"],
             "mlp_ratio": float(cfg["mlp_ratio"]), "patch": PATCH, "decoder": list(cfg["decoder"])}

@@ -23,7 +23,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="data set root")
     p.add_argument("--layout", choices=common.LAYOUTS, default="mvtec")
-    p.add_argument("--size", choices=sorted(anovit_model.SIZES), default="edge")
+    p.add_argument("--size", choices=anovit_model.SIZE_NAMES, default="edge")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--color", choices=("rgb", "gray"), default="rgb")
     p.add_argument("--roi", type=lambda s: tuple(int(v) for v in s.split(",")), default=None, help="x,y,w,h")
@@ -92,8 +92,13 @@ def train(args) -> dict:
     t0 = time.time()
     geom = common.Preprocess(args.image_size, args.image_size, (0.0,) * 3, (1.0,) * 3, args.color, args.roi)
     raw_train = load_stack(train_s, geom)
-    mean = tuple(float(v) for v in raw_train.mean(dim=(0, 2, 3), dtype=torch.float64))
-    std = tuple(float(v) for v in raw_train.std(dim=(0, 2, 3)).double())
+    init = torch.load(args.init, map_location="cpu", weights_only=False) if args.init else None
+    if init is not None:
+        # A continued stage keeps the normalisation its weights were trained with, even on new data.
+        mean, std = tuple(init["input"]["mean"]), tuple(init["input"]["std"])
+    else:
+        mean = tuple(float(v) for v in raw_train.mean(dim=(0, 2, 3), dtype=torch.float64))
+        std = tuple(float(v) for v in raw_train.std(dim=(0, 2, 3)).double())
     pre = common.Preprocess(args.image_size, args.image_size, mean, std, args.color, args.roi)
     m_t, s_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     x_train = ((raw_train - m_t) / s_t).float()
@@ -107,8 +112,7 @@ def train(args) -> dict:
     if args.pretrained:
         anovit_model.load_pretrained(model, args.pretrained)
     epoch0 = 0  # epochs of the stage this run continues, so the manifest counts the whole schedule
-    if args.init:
-        init = torch.load(args.init, map_location="cpu", weights_only=False)
+    if init is not None:
         if init["size"] != args.size or init["input"] != pre.to_manifest():
             raise ValueError(f"{args.init}: other size or preprocessing than this run")
         model.load_state_dict(init["state_dict"])
@@ -116,7 +120,7 @@ def train(args) -> dict:
         print(f"init: weights of {args.init} (best epoch {init['training']['best_epoch']})", flush=True)
     params = anovit_model.count_params(model)
     gflop = anovit_model.count_gflop(model, args.image_size)
-    print(f"model: AnoViT-{args.size}, {params / 1e6:.2f} M params, {gflop:.3f} GFLOP/frame, "
+    print(f"model: {args.size}, {params / 1e6:.2f} M params, {gflop:.3f} GFLOP/frame, "
           f"mask_ratio {args.mask_ratio}, corrupt_ratio {args.corrupt_ratio}", flush=True)
 
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.999))

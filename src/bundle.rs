@@ -194,6 +194,22 @@ impl Bundle {
         self.dir.join(&self.manifest.model.file)
     }
 
+    /// Replaces the manifest's `threshold` section on disk (the rest is kept byte-for-byte in
+    /// meaning), through a temporary file so a crash leaves the old manifest intact.
+    pub fn write_threshold(&mut self, threshold: serde_json::Value) -> Result<()> {
+        let mpath = self.dir.join("manifest.json");
+        let err = |why: String| Error::Manifest { path: mpath.clone(), why };
+        let text = std::fs::read_to_string(&mpath).map_err(|source| Error::Io { path: mpath.clone(), source })?;
+        let mut doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        doc.as_object_mut().ok_or_else(|| err("not a JSON object".into()))?.insert("threshold".into(), threshold);
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| err(e.to_string()))? + "\n";
+        self.manifest = Manifest::parse(&text).map_err(err)?;
+        let tmp = self.dir.join("manifest.json.tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &mpath))
+            .map_err(|source| Error::Io { path: mpath.clone(), source })
+    }
+
     fn verify_model_hash(&self) -> Result<()> {
         let path = self.model_path();
         let bytes = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;

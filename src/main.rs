@@ -9,10 +9,12 @@ use std::time::Duration;
 use anovit::actuation::{RecordingPin, RejectLine};
 use anovit::board::{BoardProfile, DisplayKind, OutputKind, SourceKind};
 use anovit::bundle::Bundle;
+use anovit::calibrate::Calibration;
 use anovit::capture::{FrameSource, ReplaySource, SyntheticSource};
 use anovit::clock::MonotonicClock;
 use anovit::decision::Decider;
 use anovit::display::MemoryFramebuffer;
+use anovit::evaluate::{evaluate, score_files, EvalOptions, FrameScorer};
 use anovit::model::Model;
 use anovit::pipeline::{Inspector, Outcome, Outputs};
 use anovit::preprocess::Preprocessor;
@@ -38,6 +40,10 @@ enum Cmd {
     Run(RunArgs),
     /// Write the synthetic conveyor data set (the demo model's training data) in MVTec layout.
     Synth(SynthArgs),
+    /// Choose the decision threshold from good images only and write it into the bundle.
+    Calibrate(CalibrateArgs),
+    /// Measure a bundle on a labelled data set (MVTec or Magnetic Tile layout).
+    Eval(EvalArgs),
     /// Compile an ONNX bundle into a plan bundle (tract NNEF) for deploy builds.
     #[cfg(feature = "onnx")]
     Compile(CompileArgs),
@@ -52,6 +58,53 @@ struct CompileArgs {
     /// Output bundle directory.
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Args)]
+struct CalibrateArgs {
+    /// Model bundle directory; its manifest's threshold is replaced.
+    #[arg(long)]
+    model: PathBuf,
+    /// Folder of good images (PNG/JPEG) the model was not trained on.
+    #[arg(long)]
+    good: PathBuf,
+    /// False-reject rate to stay under.
+    #[arg(long, default_value_t = 0.01)]
+    target_false_reject: f64,
+    /// Confidence that the rate is not exceeded (the safety margin grows as images get fewer).
+    #[arg(long, default_value_t = 0.95)]
+    confidence: f64,
+    /// Extra relative margin on the threshold (0.1 = 10 % higher).
+    #[arg(long, default_value_t = 0.0)]
+    margin: f64,
+    /// Report only; leave the manifest as it is.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Model bundle directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Data set root (MVTec: `test/<kind>/`, `ground_truth/`; Magnetic Tile: `MT_*/Imgs/`).
+    #[arg(long)]
+    data: PathBuf,
+    /// Layout of the data set (default: detected).
+    #[arg(long, value_enum)]
+    layout: Option<anovit::dataset::Layout>,
+    /// Output folder for eval.json, eval.md, roc.png and overlays/.
+    #[arg(long, default_value = "out/eval")]
+    out: PathBuf,
+    /// Heatmap overlays for the first N images of each kind (misclassified ones always).
+    #[arg(long, default_value_t = 4)]
+    overlays: usize,
+    /// False-positive-rate limit of AUPRO.
+    #[arg(long, default_value_t = 0.3)]
+    max_fpr: f64,
+    /// Also write the anomaly maps and masks as .npy files (for cross-checks).
+    #[arg(long)]
+    dump: bool,
 }
 
 #[derive(Args, Default)]
@@ -111,6 +164,8 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Some(Cmd::Run(a)) => run(a),
         Some(Cmd::Synth(a)) => write_synth(&a),
+        Some(Cmd::Calibrate(a)) => calibrate(&a),
+        Some(Cmd::Eval(a)) => eval(&a),
         #[cfg(feature = "onnx")]
         Some(Cmd::Compile(a)) => compile(&a),
         None => run(RunArgs::default()),
@@ -298,6 +353,99 @@ fn compile(a: &CompileArgs) -> Result<()> {
     if rel.is_nan() || rel >= 1e-5 {
         bail!("the compiled plan differs from the ONNX model (relative L2 {rel:.2e} >= 1e-5): do not deploy it");
     }
+    Ok(())
+}
+
+fn progress_bar(n: usize, what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(n as u64);
+    let style = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+        .expect("a valid template")
+        .progress_chars("=> ");
+    pb.set_style(style);
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn calibrate(a: &CalibrateArgs) -> Result<()> {
+    Calibration::check_parameters(a.target_false_reject, a.confidence, a.margin)?;
+    let mut bundle = Bundle::load(&a.model)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&a.good)
+        .with_context(|| format!("cannot read the good-image folder {}", a.good.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| ["png", "jpg", "jpeg"].contains(&e.to_ascii_lowercase().as_str()))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("{} holds no .png or .jpg images: point --good at a folder of good parts", a.good.display());
+    }
+    let m = &bundle.manifest;
+    let mut fs = FrameScorer::new(&m.input, &m.scoring, Model::load(&bundle)?);
+    let pb = progress_bar(files.len(), "scoring good images");
+    let scores = score_files(&mut fs, &files, |i| pb.set_position(i as u64))?;
+    pb.finish_and_clear();
+    let c = Calibration::from_scores(&scores, a.target_false_reject, a.confidence, a.margin)?;
+    println!(
+        "{} good images: score mean {:.5}, std {:.5}, median {:.5}, max {:.5}",
+        c.n_good, c.mean, c.std, c.quantiles[0].1, c.quantiles[3].1
+    );
+    println!(
+        "threshold {:.5} (was {:.5}, {}): image {} of {} by score{}",
+        c.value,
+        m.threshold.value,
+        m.threshold.source,
+        c.rank,
+        c.n_good,
+        if a.margin > 0.0 { format!(", plus {:.0} % margin", a.margin * 100.0) } else { String::new() }
+    );
+    println!(
+        "expected false-reject rate {:.2} %; at most {:.2} % with {:.1} % confidence",
+        100.0 * c.expected_false_reject,
+        100.0 * c.target_false_reject,
+        100.0 * c.achieved_confidence
+    );
+    if !c.is_confident() {
+        log::warn!(
+            "only {} good images: {:.0} % confidence asked, {:.1} % reached; {} images are needed for a \
+             {:.2} % false-reject bound (the threshold is the highest good score)",
+            c.n_good,
+            100.0 * c.confidence,
+            100.0 * c.achieved_confidence,
+            c.n_needed,
+            100.0 * c.target_false_reject
+        );
+    }
+    if a.dry_run {
+        println!("dry run: {} left unchanged", a.model.join("manifest.json").display());
+    } else {
+        bundle.write_threshold(c.to_manifest(&a.good.display().to_string()))?;
+        println!("written to {}", a.model.join("manifest.json").display());
+    }
+    Ok(())
+}
+
+fn eval(a: &EvalArgs) -> Result<()> {
+    let bundle = Bundle::load(&a.model)?;
+    let layout = a.layout.unwrap_or_else(|| anovit::dataset::Layout::detect(&a.data));
+    let samples = anovit::dataset::test_split(&a.data, layout)?;
+    let opts = EvalOptions {
+        data: a.data.clone(),
+        layout,
+        out: a.out.clone(),
+        overlays_per_kind: a.overlays,
+        max_fpr: a.max_fpr,
+        dump: a.dump,
+    };
+    let model = Model::load(&bundle)?;
+    let pb = progress_bar(samples.len(), "evaluating");
+    let r = evaluate(&bundle, model, &samples, &opts, |i| pb.set_position(i as u64))?;
+    pb.finish_and_clear();
+    print!("{}", r.markdown());
+    println!("\nwritten: {0}/eval.json, {0}/eval.md, {0}/roc.png, {0}/overlays/", a.out.display());
     Ok(())
 }
 

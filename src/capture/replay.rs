@@ -84,6 +84,21 @@ impl ReplaySource {
                 why: "the folder holds no .png or .jpg images".into(),
             });
         }
+        Self::with_entries(entries, loops)
+    }
+
+    /// Plays the given files in this order, each with its truth (`Some(true)` = defective) and
+    /// label; for data sets whose layout is not a folder tree (see [`crate::dataset`]).
+    pub fn from_files<'a>(files: impl IntoIterator<Item = (PathBuf, Option<bool>, &'a str)>) -> Result<Self> {
+        let entries: Vec<Entry> =
+            files.into_iter().map(|(path, truth, l)| Entry { path, truth, label: label(l) }).collect();
+        if entries.is_empty() {
+            return Err(Error::Image { path: PathBuf::new(), why: "no images to replay".into() });
+        }
+        Self::with_entries(entries, false)
+    }
+
+    fn with_entries(entries: Vec<Entry>, loops: bool) -> Result<Self> {
         let mut max = (0, 0);
         for e in &entries {
             let (w, h) = image::image_dimensions(&e.path)
