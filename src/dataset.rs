@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::capture::list_images;
 use crate::error::{Error, Result};
 
 /// How a data set is laid out.
@@ -54,11 +55,6 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-fn has_ext(p: &Path, exts: &[&str]) -> bool {
-    p.is_file()
-        && p.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.iter().any(|x| e.eq_ignore_ascii_case(x)))
-}
-
 fn name(p: &Path) -> String {
     p.file_name().and_then(|s| s.to_str()).unwrap_or("").to_string()
 }
@@ -68,7 +64,8 @@ fn mt_class(dir: &Path, kind: &str) -> Result<Vec<Sample>> {
     let imgs = dir.join("Imgs");
     Ok(sorted_entries(&imgs)?
         .into_iter()
-        .filter(|p| has_ext(p, &["jpg"]))
+        // Only the JPEGs: the PNGs beside them are the masks.
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg")))
         .map(|p| {
             let mask = p.with_extension("png");
             Sample { mask: mask.is_file().then_some(mask), path: p, kind: kind.to_string() }
@@ -84,7 +81,7 @@ pub fn test_split(root: &Path, layout: Layout) -> Result<Vec<Sample>> {
             let test = root.join("test");
             for dir in sorted_entries(&test)?.into_iter().filter(|p| p.is_dir()) {
                 let kind = name(&dir);
-                for p in sorted_entries(&dir)?.into_iter().filter(|p| has_ext(p, &["png", "jpg", "jpeg"])) {
+                for p in list_images(&dir)? {
                     let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
                     let mask = root.join("ground_truth").join(&kind).join(format!("{stem}_mask.png"));
                     out.push(Sample { mask: mask.is_file().then_some(mask), path: p, kind: kind.clone() });

@@ -73,6 +73,15 @@ fn replay_error(path: &Path, why: impl std::fmt::Display) -> Error {
     Error::Image { path: path.to_path_buf(), why: why.to_string() }
 }
 
+/// Decodes the next replayed frame (the file `path`) and scores it; returns the score and the
+/// frame's size.
+fn score_next<E: Engine>(src: &mut ReplaySource, fs: &mut FrameScorer<E>, path: &Path) -> Result<(f32, u32, u32)> {
+    let frame = src.next_frame(Duration::ZERO).map_err(|e| replay_error(path, e))?;
+    let frame = frame.ok_or_else(|| replay_error(path, "the replay ended early"))?;
+    let score = fs.score(&frame).map_err(|e| replay_error(path, e))?;
+    Ok((score, frame.meta.width as u32, frame.meta.height as u32))
+}
+
 /// Scores every image of `files` in order; `progress` is called after each.
 pub fn score_files<E: Engine>(
     fs: &mut FrameScorer<E>,
@@ -82,9 +91,7 @@ pub fn score_files<E: Engine>(
     let mut src = ReplaySource::from_files(files.iter().map(|p| (p.clone(), Some(false), "good")))?;
     let mut out = Vec::with_capacity(files.len());
     for (i, path) in files.iter().enumerate() {
-        let frame = src.next_frame(Duration::ZERO).map_err(|e| replay_error(path, e))?;
-        let frame = frame.ok_or_else(|| replay_error(path, "the replay ended early"))?;
-        out.push(fs.score(&frame).map_err(|e| replay_error(path, e))?);
+        out.push(score_next(&mut src, fs, path)?.0);
         progress(i + 1);
     }
     Ok(out)
@@ -277,10 +284,7 @@ pub fn evaluate<E: Engine>(
     let mut scores = Vec::with_capacity(samples.len());
     let mut overlays_of: std::collections::HashMap<&str, usize> = Default::default();
     for (i, s) in samples.iter().enumerate() {
-        let frame = src.next_frame(Duration::ZERO).map_err(|e| replay_error(&s.path, e))?;
-        let frame = frame.ok_or_else(|| replay_error(&s.path, "the replay ended early"))?;
-        let (fw, fh) = (frame.meta.width as u32, frame.meta.height as u32);
-        let score = fs.score(&frame).map_err(|e| replay_error(&s.path, e))?;
+        let (score, fw, fh) = score_next(&mut src, &mut fs, &s.path)?;
         let truth: Option<&[bool]> = match &s.mask {
             Some(p) => {
                 let img = image::open(p).map_err(|e| replay_error(p, e))?.into_luma8();
@@ -304,7 +308,7 @@ pub fn evaluate<E: Engine>(
             dumps.0.extend(fs.map().iter().flat_map(|v| v.to_le_bytes()));
             dumps.1.extend(truth.unwrap_or(&none).iter().map(|&b| u8::from(b)));
         }
-        let wrong = (score >= threshold || score.is_nan()) != s.is_defect();
+        let wrong = metrics::rejects(score, threshold) != s.is_defect();
         let seen = overlays_of.entry(s.kind.as_str()).or_default();
         if wrong || *seen < opts.overlays_per_kind {
             *seen += 1;
@@ -337,7 +341,7 @@ pub fn evaluate<E: Engine>(
                         )
                     })
                     .flatten(),
-                rejected: own.iter().filter(|&&v| v >= threshold || v.is_nan()).count(),
+                rejected: own.iter().filter(|&&v| metrics::rejects(v, threshold)).count(),
                 mean_score: own.iter().map(|&v| f64::from(v)).sum::<f64>() / own.len().max(1) as f64,
             }
         })
@@ -466,7 +470,7 @@ fn overlay<E: Engine>(
         [Pixel(Point::new(4 + x, 4 + y), c(rgb)), Pixel(Point::new(8 + w as i32 + x, 4 + y), c(over))]
     });
     let _ = fb.draw_iter(pixels);
-    let verdict = if score >= threshold || score.is_nan() { "NG" } else { "OK" };
+    let verdict = if metrics::rejects(score, threshold) { "NG" } else { "OK" };
     let caption = format!("{}  score {score:.4} (thr {threshold:.4})  {verdict}", s.kind);
     let style = MonoTextStyle::new(&FONT_7X13, Rgb888::WHITE);
     let _ = Text::new(&caption, Point::new(6, h as i32 + 22), style).draw(&mut fb);

@@ -369,17 +369,8 @@ fn progress_bar(n: usize, what: &str) -> indicatif::ProgressBar {
 fn calibrate(a: &CalibrateArgs) -> Result<()> {
     Calibration::check_parameters(a.target_false_reject, a.confidence, a.margin)?;
     let mut bundle = Bundle::load(&a.model)?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&a.good)
-        .with_context(|| format!("cannot read the good-image folder {}", a.good.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| ["png", "jpg", "jpeg"].contains(&e.to_ascii_lowercase().as_str()))
-        })
-        .collect();
-    files.sort();
+    let files = anovit::capture::list_images(&a.good)
+        .with_context(|| format!("cannot read the good-image folder {}", a.good.display()))?;
     if files.is_empty() {
         bail!("{} holds no .png or .jpg images: point --good at a folder of good parts", a.good.display());
     }

@@ -44,6 +44,21 @@ pub fn auc_two_samples(pos: &mut [f32], neg: &mut [f32]) -> Option<f64> {
     Some(sum / (pos.len() as f64 * neg.len() as f64))
 }
 
+/// Whether the line rejects a part with `score` at `threshold`: at or above it, and always when
+/// the score is NaN (a fault rejects).
+pub fn rejects(score: f32, threshold: f32) -> bool {
+    score >= threshold || score.is_nan()
+}
+
+/// `num / den`, or `empty` when `den` is 0.
+fn ratio(num: usize, den: usize, empty: f64) -> f64 {
+    if den == 0 {
+        empty
+    } else {
+        num as f64 / den as f64
+    }
+}
+
 /// One operating point: reject when `score >= threshold`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Operating {
@@ -64,9 +79,7 @@ impl Operating {
     pub fn at(scores: &[f32], positive: &[bool], threshold: f32) -> Self {
         let mut o = Self { threshold, tp: 0, fp: 0, fn_: 0, tn: 0 };
         for (&s, &p) in scores.iter().zip(positive) {
-            // NaN never compares >=: count it as rejected, as the line does (a fault rejects).
-            let rejected = s >= threshold || s.is_nan();
-            match (p, rejected) {
+            match (p, rejects(s, threshold)) {
                 (true, true) => o.tp += 1,
                 (false, true) => o.fp += 1,
                 (true, false) => o.fn_ += 1,
@@ -78,21 +91,12 @@ impl Operating {
 
     /// Precision (1 when nothing is rejected, as scikit-learn's curve starts).
     pub fn precision(&self) -> f64 {
-        if self.tp + self.fp == 0 {
-            1.0
-        } else {
-            self.tp as f64 / (self.tp + self.fp) as f64
-        }
+        ratio(self.tp, self.tp + self.fp, 1.0)
     }
 
     /// Recall (detection rate).
     pub fn recall(&self) -> f64 {
-        let p = self.tp + self.fn_;
-        if p == 0 {
-            0.0
-        } else {
-            self.tp as f64 / p as f64
-        }
+        ratio(self.tp, self.tp + self.fn_, 0.0)
     }
 
     /// F1 score (0 when nothing is detected).
@@ -107,12 +111,7 @@ impl Operating {
 
     /// False-reject rate among negatives.
     pub fn false_reject_rate(&self) -> f64 {
-        let n = self.fp + self.tn;
-        if n == 0 {
-            0.0
-        } else {
-            self.fp as f64 / n as f64
-        }
+        ratio(self.fp, self.fp + self.tn, 0.0)
     }
 }
 

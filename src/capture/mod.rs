@@ -9,7 +9,7 @@ mod synthetic;
 use std::fmt;
 use std::time::Duration;
 
-pub use replay::ReplaySource;
+pub use replay::{list_images, ReplaySource};
 pub use synthetic::SyntheticSource;
 
 /// Pixel layout of a frame's bytes.

@@ -42,7 +42,8 @@ fn is_image(p: &Path) -> bool {
     )
 }
 
-fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The PNG/JPEG files directly inside `dir`, sorted by name.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
     let mut v: Vec<PathBuf> =
         rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_image(p)).collect();
