@@ -98,15 +98,40 @@ def up_stage(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
+INPAINT_PHASES = (1, 2, 4, 9)
+
+
+def phase_of_patches(grid: int, phases: int) -> torch.Tensor:
+    """Phase index of each patch (row-major, grid x grid) for inpainting with `phases` passes.
+    2: a checkerboard; s*s: patch (i, j) has phase (i % s) * s + j % s. Every masked patch keeps
+    all its 4 direct neighbours visible, so each is inpainted from its surroundings."""
+    if phases not in INPAINT_PHASES:
+        raise ValueError(f"inpaint phases must be one of {INPAINT_PHASES}, got {phases}")
+    i, j = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    if phases == 2:
+        return ((i + j) % 2).flatten()
+    s = math.isqrt(phases)
+    return ((i % s) * s + j % s).flatten()
+
+
 class AnoViT(nn.Module):
     def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float, decoder=(128, 64, 32),
-                 image_size: int = 224, mask_ratio: float = 0.0, patch: int = PATCH):
+                 image_size: int = 224, mask_ratio: float = 0.0, patch: int = PATCH, inpaint: int = 1):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch}")
         if len(decoder) != int(math.log2(patch)) - 1:
             raise ValueError(f"decoder needs {int(math.log2(patch)) - 1} stages for patch {patch}")
-        self.dim, self.grid, self.mask_ratio = dim, image_size // patch, mask_ratio
+        self.dim, self.grid, self.mask_ratio, self.patch = dim, image_size // patch, mask_ratio, patch
+        # Inpainting (inpaint > 1 phases): each patch is reconstructed by a pass in which its own
+        # token is masked, so the model never sees what it reconstructs and cannot copy a defect.
+        # Inference runs all phases as one batch and keeps, per pixel, its masked pass.
+        self.inpaint = inpaint
+        phase = phase_of_patches(self.grid, inpaint)
+        self.register_buffer("token_phase", phase, persistent=False)
+        pix = phase.view(self.grid, self.grid).repeat_interleave(patch, 0).repeat_interleave(patch, 1)
+        self.register_buffer("pixel_select", (pix[None] == torch.arange(inpaint)[:, None, None]).float()[:, None, None],
+                             persistent=False)  # (phases, 1, 1, H, W)
         self.patch_embed = PatchEmbed(dim, patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, dim))
@@ -135,9 +160,27 @@ class AnoViT(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, x):
+    def pixel_mask(self, phase: torch.Tensor) -> torch.Tensor:
+        """(B,) phases -> (B, 1, H, W) float mask of the pixels those passes inpaint."""
+        return self.pixel_select[phase, 0]
+
+    def forward(self, x, phase: torch.Tensor | None = None):
+        """Reconstruction. `phase` (B,) masks the patches of that inpainting phase per image
+        (training); in eval mode with inpaint > 1 all phases run and are merged per pixel."""
+        if phase is None and self.inpaint > 1 and not self.training:
+            b = x.shape[0]
+            phases = torch.arange(self.inpaint, device=x.device).repeat_interleave(b)
+            out = self._reconstruct(x.repeat(self.inpaint, 1, 1, 1), phases)
+            out = out.view(self.inpaint, b, *out.shape[1:])
+            return (out * self.pixel_select).sum(dim=0)
+        return self._reconstruct(x, phase)
+
+    def _reconstruct(self, x, phase: torch.Tensor | None):
         tokens = self.patch_embed(x)
-        if self.training and self.mask_ratio > 0:
+        if phase is not None:
+            masked = self.token_phase[None, :] == phase[:, None]
+            tokens = torch.where(masked[..., None], self.mask_token.expand_as(tokens), tokens)
+        elif self.training and self.mask_ratio > 0:
             b, n, _ = tokens.shape
             n_mask = int(round(self.mask_ratio * n))
             # Exactly n_mask random patches per image: ranks of a random permutation.
@@ -186,15 +229,28 @@ class CAE(nn.Module):
 SIZE_NAMES = sorted([*SIZES, *CAE_SIZES])
 
 
-def build(size: str, image_size: int = 224, mask_ratio: float = 0.0) -> nn.Module:
+def build(size: str, image_size: int = 224, mask_ratio: float = 0.0, inpaint: int = 1) -> nn.Module:
     if size in CAE_SIZES:
-        if mask_ratio:
-            raise ValueError("token masking needs a ViT encoder; the CAE has no tokens")
+        if mask_ratio or inpaint > 1:
+            raise ValueError("token masking and inpainting need a ViT encoder; the CAE has no tokens")
         return CAE(**CAE_SIZES[size], image_size=image_size)
-    return AnoViT(**SIZES[size], image_size=image_size, mask_ratio=mask_ratio)
+    return AnoViT(**SIZES[size], image_size=image_size, mask_ratio=mask_ratio, inpaint=inpaint)
 
 
-def arch_dict(size: str) -> dict:
+def reconstruction_loss(model: nn.Module, inp: torch.Tensor, target: torch.Tensor,
+                        gen: torch.Generator | None = None) -> torch.Tensor:
+    """Training loss. Plain models: MSE over the image. Inpainting models: one random phase per
+    image is masked and the MSE counts only the pixels of the masked patches, exactly the pixels
+    inference takes from that pass."""
+    if getattr(model, "inpaint", 1) <= 1:
+        return F.mse_loss(model(inp), target)
+    phase = torch.randint(0, model.inpaint, (inp.shape[0],), generator=gen).to(inp.device)
+    m = model.pixel_mask(phase)
+    d = (model(inp, phase) - target) ** 2 * m
+    return d.sum() / (m.sum() * target.shape[1])
+
+
+def arch_dict(size: str, inpaint: int = 1) -> dict:
     """The manifest's informative `model.arch` object."""
     if size in CAE_SIZES:
         cfg = CAE_SIZES[size]
@@ -202,7 +258,8 @@ def arch_dict(size: str) -> dict:
                 "refine": cfg["refine"], "decoder": list(cfg["decoder"])}
     cfg = SIZES[size]
     return {"kind": "anovit", "size": size, "dim": cfg["dim"], "depth": cfg["depth"], "heads": cfg["heads"],
-            "mlp_ratio": float(cfg["mlp_ratio"]), "patch": PATCH, "decoder": list(cfg["decoder"])}
+            "mlp_ratio": float(cfg["mlp_ratio"]), "patch": PATCH, "decoder": list(cfg["decoder"]),
+            "inpaint_phases": inpaint}
 
 
 def count_params(model: nn.Module) -> int:

@@ -292,6 +292,20 @@ def read_manifest(bundle: str | Path) -> dict:
     return m
 
 
+def load_reference(bundle: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """The scoring reference (`anovit calibrate --reference`, docs/BUNDLE.md): per-pixel mean and
+    1 / (std + floor), as the Rust scorer applies them; None when the bundle has none."""
+    ref = manifest["scoring"].get("reference")
+    if ref is None:
+        return None
+    path = bundle / ref["file"]
+    if sha256_file(path) != ref["sha256"]:
+        raise ValueError(f"{path}: sha256 does not match the manifest")
+    _, _, h, w = manifest["input"]["shape"]
+    planes = np.fromfile(path, dtype="<f4").reshape(2, h, w)
+    return planes[0], (np.float32(1.0) / (planes[1] + np.float32(ref["floor"]))).astype(np.float32)
+
+
 class OrtModel:
     """An onnxruntime session over a bundle's model, fed one preprocessed image at a time."""
 
@@ -310,11 +324,18 @@ class OrtModel:
         self.pre = Preprocess.from_manifest(self.manifest["input"])
         self.input_name = self.manifest["input"]["name"]
         self.output_name = self.manifest["outputs"]["reconstruction"]
+        self.reference = load_reference(self.bundle, self.manifest)
 
     def reconstruct(self, x: np.ndarray) -> np.ndarray:
         """(3, H, W) normalised -> (3, H, W) reconstruction."""
         return self.session.run([self.output_name], {self.input_name: x[None]})[0][0]
 
     def score(self, x: np.ndarray, sigma: float | None = None) -> float:
+        """The runtime's image score (the bundle's scoring reference included, where it has one
+        and the manifest's sigma is used)."""
         sc = self.manifest["scoring"]
-        return score(x, self.reconstruct(x), sc["sigma"] if sigma is None else sigma, sc["truncate"])
+        if sigma is not None or self.reference is None:
+            return score(x, self.reconstruct(x), sc["sigma"] if sigma is None else sigma, sc["truncate"])
+        mean, inv = self.reference
+        m = smooth(error_map(x, self.reconstruct(x)), sc["sigma"], sc["truncate"])
+        return float(((m - mean) * inv).max())

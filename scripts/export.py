@@ -37,7 +37,7 @@ def parse_args(argv=None):
 
 
 def load_model(ckpt: dict) -> anovit_model.AnoViT:
-    model = anovit_model.build(ckpt["size"], ckpt["image_size"])
+    model = anovit_model.build(ckpt["size"], ckpt["image_size"], inpaint=ckpt.get("inpaint", 1))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 

@@ -7,7 +7,7 @@ validation split of the good images; the best weights go into a checkpoint for e
 from __future__ import annotations
 
 import argparse
-import copy
+import os
 import time
 from pathlib import Path
 
@@ -37,12 +37,15 @@ def parse_args(argv=None):
     p.add_argument("--mask-ratio", type=float, default=0.0, help="share of patch tokens masked in training")
     p.add_argument("--corrupt-ratio", type=float, default=0.0,
                    help="training inputs get this share of their area pasted over from elsewhere (target stays clean)")
+    p.add_argument("--inpaint", type=int, default=1, choices=anovit_model.INPAINT_PHASES,
+                   help="inpainting phases: each patch is reconstructed with its own token masked (1 = off)")
     p.add_argument("--init", type=Path, default=None,
                    help="start from the weights of a checkpoint of this script (a second training stage)")
     p.add_argument("--pretrained", type=Path, default=None, help="local timm-named ViT checkpoint")
     p.add_argument("--max-train-images", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (results then differ in the last bits)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file")
     return p.parse_args(argv)
 
@@ -67,18 +70,43 @@ def corrupt(xb: torch.Tensor, ratio: float, gen: torch.Generator, size: int = an
     return out
 
 
-def evaluate_loss(model, x: torch.Tensor, batch: int) -> float:
+def evaluate_loss(model, x: torch.Tensor, batch: int, device: str = "cpu") -> float:
     model.eval()
     with torch.no_grad():
-        total = sum(F.mse_loss(model(x[i:i + batch]), x[i:i + batch], reduction="sum").item()
-                    for i in range(0, len(x), batch))
+        total = sum(F.mse_loss(model(xb), xb, reduction="sum").item()
+                    for xb in (x[i:i + batch].to(device) for i in range(0, len(x), batch)))
     return total / x.numel()
+
+
+def run_epoch(model, opt, x_train: torch.Tensor, args, gen: torch.Generator, corrupt_gen: torch.Generator) -> float:
+    """One shuffled pass over x_train (kept on the CPU; batches move to args.device); mean loss."""
+    model.train()
+    order = torch.randperm(len(x_train), generator=gen)
+    total = 0.0
+    for i in range(0, len(order), args.batch):
+        xb = x_train[order[i:i + args.batch]]
+        inp = corrupt(xb, args.corrupt_ratio, corrupt_gen) if args.corrupt_ratio > 0 else xb
+        xb, inp = xb.to(args.device), inp.to(args.device)
+        loss = anovit_model.reconstruction_loss(model, inp, xb, corrupt_gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(xb)
+    return total / len(x_train)
+
+
+def make_optimizer(model, args):
+    """Adam with the paper's betas; cosine decay over args.epochs when args.cosine."""
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.999))
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs) if args.cosine else None
 
 
 def train(args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
+    if args.device.startswith("cuda"):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     torch.use_deterministic_algorithms(True)
 
     samples, _ = common.discover(args.data, args.layout)
@@ -108,7 +136,7 @@ def train(args) -> dict:
           f"mean {np.round(mean, 4).tolist()} std {np.round(std, 4).tolist()}, loaded in {time.time() - t0:.1f}s",
           flush=True)
 
-    model = anovit_model.build(args.size, args.image_size, args.mask_ratio)
+    model = anovit_model.build(args.size, args.image_size, args.mask_ratio, args.inpaint)
     if args.pretrained:
         anovit_model.load_pretrained(model, args.pretrained)
     epoch0 = 0  # epochs of the stage this run continues, so the manifest counts the whole schedule
@@ -120,11 +148,11 @@ def train(args) -> dict:
         print(f"init: weights of {args.init} (best epoch {init['training']['best_epoch']})", flush=True)
     params = anovit_model.count_params(model)
     gflop = anovit_model.count_gflop(model, args.image_size)
+    model.to(args.device)
     print(f"model: {args.size}, {params / 1e6:.2f} M params, {gflop:.3f} GFLOP/frame, "
-          f"mask_ratio {args.mask_ratio}, corrupt_ratio {args.corrupt_ratio}", flush=True)
+          f"mask_ratio {args.mask_ratio}, corrupt_ratio {args.corrupt_ratio}, inpaint {args.inpaint}", flush=True)
 
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.999))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs) if args.cosine else None
+    opt, sched = make_optimizer(model, args)
     gen = torch.Generator().manual_seed(args.seed)
     corrupt_gen = torch.Generator().manual_seed(args.seed + 1)  # own stream: shuffling stays the same
     best = {"val_loss": float("inf"), "epoch": 0, "state": None}
@@ -136,9 +164,10 @@ def train(args) -> dict:
         return {
             "state_dict": best["state"],
             "size": args.size,
-            "arch": anovit_model.arch_dict(args.size),
+            "arch": anovit_model.arch_dict(args.size, args.inpaint),
             "image_size": args.image_size,
             "mask_ratio": args.mask_ratio,
+            "inpaint": args.inpaint,
             "corrupt_ratio": args.corrupt_ratio,
             "params": params,
             "gflop": gflop,
@@ -160,28 +189,19 @@ def train(args) -> dict:
         }
 
     for epoch in range(1, args.epochs + 1):
-        model.train()
         t_ep = time.time()
-        order = torch.randperm(len(x_train), generator=gen)
-        total = 0.0
-        for i in range(0, len(order), args.batch):
-            xb = x_train[order[i:i + args.batch]]
-            inp = corrupt(xb, args.corrupt_ratio, corrupt_gen) if args.corrupt_ratio > 0 else xb
-            loss = F.mse_loss(model(inp), xb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(xb)
+        loss = run_epoch(model, opt, x_train, args, gen, corrupt_gen)
         if sched:
             sched.step()
-        val_loss = evaluate_loss(model, x_val, args.batch)
+        val_loss = evaluate_loss(model, x_val, args.batch, args.device)
         dt = time.time() - t_ep
-        history.append({"epoch": epoch, "loss": total / len(x_train), "val_loss": val_loss, "seconds": dt})
+        history.append({"epoch": epoch, "loss": loss, "val_loss": val_loss, "seconds": dt})
         improved = val_loss < best["val_loss"]
         if improved:
-            best = {"val_loss": val_loss, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            best = {"val_loss": val_loss, "epoch": epoch,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
             torch.save(checkpoint(), args.out)  # best so far: inspectable mid-run, survives a crash
-        print(f"epoch {epoch:3d}  loss {total / len(x_train):.5f}  val {val_loss:.5f}{' *' if improved else '  '}  "
+        print(f"epoch {epoch:3d}  loss {loss:.5f}  val {val_loss:.5f}{' *' if improved else '  '}  "
               f"{dt:.1f}s ({len(x_train) / dt:.1f} img/s)", flush=True)
         if epoch - best["epoch"] >= args.patience:
             print(f"early stop: no val improvement for {args.patience} epochs", flush=True)

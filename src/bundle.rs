@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::scoring::Reference;
 
 /// The manifest format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -131,7 +132,26 @@ pub struct ScoringSpec {
     pub truncate: f32,
     /// `max`.
     pub reduction: String,
+    /// Per-pixel good-part statistics the map is standardised by (`anovit calibrate --reference`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<ReferenceSpec>,
 }
+
+/// The manifest's `scoring.reference`: a file of per-pixel statistics inside the bundle.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReferenceSpec {
+    /// File name inside the bundle (f32 little-endian mean plane, then std plane).
+    pub file: String,
+    /// Hex sha256 of that file.
+    pub sha256: String,
+    /// Good images it was computed from.
+    pub n_good: usize,
+    /// Added to the per-pixel std before dividing.
+    pub floor: f32,
+}
+
+/// The reference file `anovit calibrate --reference` writes.
+pub const REFERENCE_FILE: &str = "reference.bin";
 
 /// Decision threshold: a part is defective when its score is at least `value`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -173,6 +193,8 @@ pub struct Bundle {
     pub dir: PathBuf,
     /// The parsed and validated manifest.
     pub manifest: Manifest,
+    /// The scoring reference, loaded and verified, when the manifest names one.
+    pub reference: Option<Reference>,
 }
 
 impl Bundle {
@@ -184,9 +206,26 @@ impl Bundle {
         }
         let text = std::fs::read_to_string(&mpath).map_err(|source| Error::Io { path: mpath.clone(), source })?;
         let manifest = Manifest::parse(&text).map_err(|why| Error::Manifest { path: mpath.clone(), why })?;
-        let bundle = Bundle { dir: dir.to_path_buf(), manifest };
+        let mut bundle = Bundle { dir: dir.to_path_buf(), manifest, reference: None };
         bundle.verify_model_hash()?;
+        bundle.reference = bundle.load_reference()?;
         Ok(bundle)
+    }
+
+    fn load_reference(&self) -> Result<Option<Reference>> {
+        let Some(spec) = &self.manifest.scoring.reference else { return Ok(None) };
+        let path = self.dir.join(&spec.file);
+        let bytes = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let bad = |why: String| Error::ModelMismatch {
+            path: path.clone(),
+            why: format!("scoring reference {why}: run `anovit calibrate --reference` again"),
+        };
+        let got = sha256_hex(&bytes);
+        if !got.eq_ignore_ascii_case(&spec.sha256) {
+            return Err(bad(format!("sha256 is {got}, the manifest says {}", spec.sha256)));
+        }
+        let plane = self.manifest.input.width() * self.manifest.input.height();
+        Reference::from_bytes(&bytes, plane, spec.floor).map(Some).map_err(bad)
     }
 
     /// Path of the model file.
@@ -195,19 +234,34 @@ impl Bundle {
     }
 
     /// Replaces the manifest's `threshold` section on disk (the rest is kept byte-for-byte in
-    /// meaning), through a temporary file so a crash leaves the old manifest intact.
-    pub fn write_threshold(&mut self, threshold: serde_json::Value) -> Result<()> {
+    /// meaning), through a temporary file so a crash leaves the old manifest intact. With
+    /// `reference`, also writes the reference file and `scoring.reference` (the threshold must
+    /// then come from scores standardised by it).
+    pub fn write_calibration(
+        &mut self,
+        threshold: serde_json::Value,
+        reference: Option<(&Reference, usize)>,
+    ) -> Result<()> {
         let mpath = self.dir.join("manifest.json");
         let err = |why: String| Error::Manifest { path: mpath.clone(), why };
         let text = std::fs::read_to_string(&mpath).map_err(|source| Error::Io { path: mpath.clone(), source })?;
         let mut doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-        doc.as_object_mut().ok_or_else(|| err("not a JSON object".into()))?.insert("threshold".into(), threshold);
+        let obj = doc.as_object_mut().ok_or_else(|| err("not a JSON object".into()))?;
+        obj.insert("threshold".into(), threshold);
+        if let Some((r, n_good)) = reference {
+            let bytes = r.to_bytes();
+            write_atomic(&self.dir.join(REFERENCE_FILE), &bytes)?;
+            let spec =
+                ReferenceSpec { file: REFERENCE_FILE.into(), sha256: sha256_hex(&bytes), n_good, floor: r.floor };
+            let scoring = obj.get_mut("scoring").and_then(|v| v.as_object_mut());
+            let scoring = scoring.ok_or_else(|| err("`scoring` is not an object".into()))?;
+            scoring.insert("reference".into(), serde_json::to_value(spec).map_err(|e| err(e.to_string()))?);
+        }
         let text = serde_json::to_string_pretty(&doc).map_err(|e| err(e.to_string()))? + "\n";
         self.manifest = Manifest::parse(&text).map_err(err)?;
-        let tmp = self.dir.join("manifest.json.tmp");
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &mpath))
-            .map_err(|source| Error::Io { path: mpath.clone(), source })
+        write_atomic(&mpath, text.as_bytes())?;
+        self.reference = self.load_reference()?;
+        Ok(())
     }
 
     fn verify_model_hash(&self) -> Result<()> {
@@ -222,6 +276,15 @@ impl Bundle {
         }
         Ok(())
     }
+}
+
+/// Writes through a temporary file and a rename, so readers never see half a file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|source| Error::Io { path: path.to_path_buf(), source })
 }
 
 /// Lower-case hex sha256 of `bytes`.
@@ -300,6 +363,17 @@ impl Manifest {
         }
         if !s.truncate.is_finite() || !(0.5..=8.0).contains(&s.truncate) {
             return Err(format!("`scoring.truncate` {} must be in [0.5, 8]", s.truncate));
+        }
+        if let Some(r) = &s.reference {
+            if r.file.is_empty() || r.file.contains('/') || r.file.contains("..") {
+                return Err(format!(
+                    "`scoring.reference.file` {:?} must be a plain file name inside the bundle",
+                    r.file
+                ));
+            }
+            if !(r.floor.is_finite() && r.floor > 0.0) {
+                return Err(format!("`scoring.reference.floor` {} must be positive", r.floor));
+            }
         }
         if !self.threshold.value.is_finite() || self.threshold.value <= 0.0 {
             return Err(format!(

@@ -8,6 +8,60 @@
 
 use serde::Serialize;
 
+use crate::scoring::Reference;
+
+/// The reference's std floor, as a fraction of the mean per-pixel std: large enough that a
+/// pixel which happened to vary little among the good images cannot turn noise into a defect.
+pub const REFERENCE_FLOOR: f64 = 0.1;
+
+/// Fewest good images a reference is built from (its leave-one-out statistics need a few).
+pub const REFERENCE_MIN_IMAGES: usize = 5;
+
+/// Per-pixel mean and std of good smoothed error `maps` (all of one size), and each map's
+/// leave-one-out score: the maximum of its map standardised by the statistics of the *other*
+/// maps. The threshold is chosen from those, so it is not biased low by a reference that has
+/// already seen the image it scores.
+pub fn reference_from_maps(maps: &[Vec<f32>]) -> Result<(Reference, Vec<f32>), CalibrationError> {
+    let n = maps.len();
+    if n < REFERENCE_MIN_IMAGES {
+        return Err(CalibrationError::BadParameter("a scoring reference needs at least 5 good images"));
+    }
+    let plane = maps[0].len();
+    if maps.iter().any(|m| m.len() != plane) {
+        return Err(CalibrationError::BadParameter("good maps of different sizes"));
+    }
+    if let Some(i) = maps.iter().position(|m| m.iter().any(|v| !v.is_finite())) {
+        return Err(CalibrationError::NotFinite(i));
+    }
+    let (mut sum, mut sq) = (vec![0.0f64; plane], vec![0.0f64; plane]);
+    for m in maps {
+        for ((s, q), &v) in sum.iter_mut().zip(sq.iter_mut()).zip(m) {
+            *s += f64::from(v);
+            *q += f64::from(v) * f64::from(v);
+        }
+    }
+    let stats = |s: f64, q: f64, k: f64| {
+        let mean = s / k;
+        (mean, (q / k - mean * mean).max(0.0).sqrt())
+    };
+    let (mean, std): (Vec<f64>, Vec<f64>) = sum.iter().zip(&sq).map(|(&s, &q)| stats(s, q, n as f64)).unzip();
+    let floor = (REFERENCE_FLOOR * std.iter().sum::<f64>() / plane as f64).max(1e-12);
+    let loo = maps
+        .iter()
+        .map(|m| {
+            let mut best = f64::NEG_INFINITY;
+            for ((&s, &q), &v) in sum.iter().zip(&sq).zip(m) {
+                let v = f64::from(v);
+                let (mu, sd) = stats(s - v, q - v * v, (n - 1) as f64);
+                best = best.max((v - mu) / (sd + floor));
+            }
+            best as f32
+        })
+        .collect();
+    let to32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+    Ok((Reference { mean: to32(mean), std: to32(std), floor: floor as f32 }, loo))
+}
+
 /// The chosen threshold and what it promises.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Calibration {
@@ -227,5 +281,30 @@ mod tests {
         assert!(Calibration::from_scores(&[1.0], 0.0, 0.95, 0.0).is_err());
         assert!(Calibration::from_scores(&[1.0], 0.01, 1.0, 0.0).is_err());
         assert!(Calibration::from_scores(&[1.0], 0.01, 0.9, -1.0).is_err());
+    }
+
+    #[test]
+    fn reference_statistics_and_leave_one_out_scores() {
+        // Two pixels, five maps: pixel 0 always 1.0 (no spread), pixel 1 spreads.
+        let maps: Vec<Vec<f32>> = [0.0f32, 1.0, 2.0, 3.0, 4.0].iter().map(|&v| vec![1.0, v]).collect();
+        let (r, loo) = reference_from_maps(&maps).unwrap();
+        assert_eq!(r.mean, vec![1.0, 2.0]);
+        assert_eq!(r.std[0], 0.0);
+        assert!((r.std[1] - 2f32.sqrt()).abs() < 1e-6);
+        assert!((f64::from(r.floor) - 0.1 * 2f64.sqrt() / 2.0).abs() < 1e-6);
+        // Brute force: leave map i out, standardise it by the other four.
+        for (i, m) in maps.iter().enumerate() {
+            let others: Vec<f64> =
+                maps.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, m)| f64::from(m[1])).collect();
+            let mu = others.iter().sum::<f64>() / 4.0;
+            let sd = (others.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / 4.0).sqrt();
+            let z1 = (f64::from(m[1]) - mu) / (sd + f64::from(r.floor));
+            let want = z1.max(0.0); // pixel 0: (1 - 1) / (0 + floor) = 0
+            assert!((f64::from(loo[i]) - want).abs() < 1e-5, "{i}: {} vs {want}", loo[i]);
+        }
+        assert!(reference_from_maps(&maps[..4]).is_err());
+        let mut bad = maps.clone();
+        bad[2][1] = f32::NAN;
+        assert_eq!(reference_from_maps(&bad).unwrap_err(), CalibrationError::NotFinite(2));
     }
 }

@@ -17,7 +17,7 @@ use embedded_graphics::primitives::{Circle, Line, Polyline, PrimitiveStyle, Rect
 use embedded_graphics::text::Text;
 use serde::Serialize;
 
-use crate::bundle::{Bundle, InputSpec, ScoringSpec};
+use crate::bundle::{Bundle, InputSpec};
 use crate::capture::{Frame, FrameSource, ReplaySource};
 use crate::dataset::{Layout, Sample};
 use crate::display::MemoryFramebuffer;
@@ -36,12 +36,13 @@ pub struct FrameScorer<E: Engine> {
 }
 
 impl<E: Engine> FrameScorer<E> {
-    /// Buffers for `spec`'s input and `scoring`'s smoothing around `engine`.
-    pub fn new(spec: &InputSpec, scoring: &ScoringSpec, engine: E) -> Self {
+    /// Buffers for `bundle`'s input and scoring (its reference included) around `engine`.
+    pub fn new(bundle: &Bundle, engine: E) -> Self {
+        let (spec, scoring) = (&bundle.manifest.input, &bundle.manifest.scoring);
         Self {
             pre: Preprocessor::new(spec),
             engine,
-            scorer: Scorer::new(spec.width(), spec.height(), scoring),
+            scorer: Scorer::new(spec.width(), spec.height(), scoring).with_reference(bundle.reference.as_ref()),
             spec: spec.clone(),
         }
     }
@@ -82,17 +83,18 @@ fn score_next<E: Engine>(src: &mut ReplaySource, fs: &mut FrameScorer<E>, path: 
     Ok((score, frame.meta.width as u32, frame.meta.height as u32))
 }
 
-/// Scores every image of `files` in order; `progress` is called after each.
+/// Scores every image of `files` in order; `after` is called after each with the count so far
+/// and the scorer (whose map is that image's).
 pub fn score_files<E: Engine>(
     fs: &mut FrameScorer<E>,
     files: &[PathBuf],
-    mut progress: impl FnMut(usize),
+    mut after: impl FnMut(usize, &FrameScorer<E>),
 ) -> Result<Vec<f32>> {
     let mut src = ReplaySource::from_files(files.iter().map(|p| (p.clone(), Some(false), "good")))?;
     let mut out = Vec::with_capacity(files.len());
     for (i, path) in files.iter().enumerate() {
         out.push(score_next(&mut src, fs, path)?.0);
-        progress(i + 1);
+        after(i + 1, fs);
     }
     Ok(out)
 }
@@ -268,7 +270,7 @@ pub fn evaluate<E: Engine>(
 ) -> Result<EvalReport> {
     let m = &bundle.manifest;
     let threshold = m.threshold.value;
-    let mut fs = FrameScorer::new(&m.input, &m.scoring, engine);
+    let mut fs = FrameScorer::new(bundle, engine);
     let overlay_dir = opts.out.join("overlays");
     for d in [&opts.out, &overlay_dir] {
         std::fs::create_dir_all(d).map_err(|source| Error::Io { path: d.clone(), source })?;

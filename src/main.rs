@@ -77,6 +77,11 @@ struct CalibrateArgs {
     /// Extra relative margin on the threshold (0.1 = 10 % higher).
     #[arg(long, default_value_t = 0.0)]
     margin: f64,
+    /// Also learn a per-pixel scoring reference from the good images (mean and spread of their
+    /// error maps): for fixtured parts, where the same spots are always hard to reconstruct.
+    /// The threshold then comes from leave-one-out scores.
+    #[arg(long)]
+    reference: bool,
     /// Report only; leave the manifest as it is.
     #[arg(long)]
     dry_run: bool,
@@ -274,7 +279,7 @@ fn run_loop<P: OutputPin>(
         source,
         Preprocessor::new(&m.input),
         model,
-        Scorer::new(m.input.width(), m.input.height(), &m.scoring),
+        Scorer::new(m.input.width(), m.input.height(), &m.scoring).with_reference(bundle.reference.as_ref()),
         Decider::new(m.threshold.value, board.deadline()),
         line,
         clock,
@@ -374,11 +379,33 @@ fn calibrate(a: &CalibrateArgs) -> Result<()> {
     if files.is_empty() {
         bail!("{} holds no .png or .jpg images: point --good at a folder of good parts", a.good.display());
     }
-    let m = &bundle.manifest;
-    let mut fs = FrameScorer::new(&m.input, &m.scoring, Model::load(&bundle)?);
+    // With --reference the maps are taken raw (any old reference left out) and kept.
+    let raw = Bundle { reference: None, ..bundle.clone() };
+    let mut fs = FrameScorer::new(if a.reference { &raw } else { &bundle }, Model::load(&bundle)?);
     let pb = progress_bar(files.len(), "scoring good images");
-    let scores = score_files(&mut fs, &files, |i| pb.set_position(i as u64))?;
+    let mut maps = Vec::new();
+    let mut scores = score_files(&mut fs, &files, |i, fs| {
+        pb.set_position(i as u64);
+        if a.reference {
+            maps.push(fs.map().to_vec());
+        }
+    })?;
     pb.finish_and_clear();
+    let reference = if a.reference {
+        let (r, loo) = anovit::calibrate::reference_from_maps(&maps)?;
+        println!(
+            "scoring reference from {} good images: mean error {:.5}, mean spread {:.5}, floor {:.5}",
+            maps.len(),
+            r.mean.iter().map(|&v| f64::from(v)).sum::<f64>() / r.mean.len() as f64,
+            r.std.iter().map(|&v| f64::from(v)).sum::<f64>() / r.std.len() as f64,
+            r.floor
+        );
+        scores = loo;
+        Some(r)
+    } else {
+        None
+    };
+    let m = &bundle.manifest;
     let c = Calibration::from_scores(&scores, a.target_false_reject, a.confidence, a.margin)?;
     println!(
         "{} good images: score mean {:.5}, std {:.5}, median {:.5}, max {:.5}",
@@ -413,7 +440,8 @@ fn calibrate(a: &CalibrateArgs) -> Result<()> {
     if a.dry_run {
         println!("dry run: {} left unchanged", a.model.join("manifest.json").display());
     } else {
-        bundle.write_threshold(c.to_manifest(&a.good.display().to_string()))?;
+        let images = a.good.display().to_string();
+        bundle.write_calibration(c.to_manifest(&images), reference.as_ref().map(|r| (r, files.len())))?;
         println!("written to {}", a.model.join("manifest.json").display());
     }
     Ok(())

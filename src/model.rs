@@ -240,6 +240,11 @@ pub fn compile(bundle: &Bundle, out: &Path) -> Result<PathBuf> {
     manifest.model.sha256 = crate::bundle::sha256_hex(&bytes);
     manifest.model.format = Some("nnef".into());
     manifest.model.tract_version = Some(TRACT_VERSION.into());
+    if let Some(r) = &manifest.scoring.reference {
+        // The plan scores like its source: the reference travels with it (hash kept).
+        let (from, to) = (bundle.dir.join(&r.file), out.join(&r.file));
+        std::fs::copy(&from, &to).map_err(|source| Error::Io { path: to.clone(), source })?;
+    }
     let mpath = out.join("manifest.json");
     let text = serde_json::to_string_pretty(&manifest).expect("a manifest always serialises");
     std::fs::write(&mpath, text + "\n").map_err(|source| Error::Io { path: mpath.clone(), source })?;

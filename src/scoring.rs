@@ -4,6 +4,42 @@
 
 use crate::bundle::ScoringSpec;
 
+/// Per-pixel statistics of good parts' smoothed error maps (`anovit calibrate --reference`).
+/// With it, the map becomes `(map - mean) / (std + floor)`: how unusual the error is *at that
+/// spot*, so places that are always hard to reconstruct (edges, reflections, threads) stop
+/// dominating the score of a fixtured part.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reference {
+    /// Mean smoothed error per pixel, row-major.
+    pub mean: Vec<f32>,
+    /// Standard deviation per pixel (over the good maps, population).
+    pub std: Vec<f32>,
+    /// Added to `std` so quiet pixels do not amplify noise.
+    pub floor: f32,
+}
+
+impl Reference {
+    /// Bytes of the bundle's reference file: `mean` then `std`, f32 little-endian.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.mean.iter().chain(&self.std).flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    /// Parses a reference file for a `plane`-pixel map; the error says what is wrong.
+    pub fn from_bytes(bytes: &[u8], plane: usize, floor: f32) -> Result<Self, String> {
+        if bytes.len() != 8 * plane {
+            return Err(format!("holds {} bytes, a {plane}-pixel map needs {}", bytes.len(), 8 * plane));
+        }
+        let v: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        if v.iter().any(|x| !x.is_finite()) || v[plane..].iter().any(|&x| x < 0.0) {
+            return Err("holds a non-finite value or a negative deviation".into());
+        }
+        if !(floor.is_finite() && floor > 0.0) {
+            return Err(format!("floor {floor} must be positive"));
+        }
+        Ok(Self { mean: v[..plane].to_vec(), std: v[plane..].to_vec(), floor })
+    }
+}
+
 /// Gaussian kernel of `sigma` with radius `floor(truncate * sigma + 0.5)`, normalised to 1.
 /// `sigma == 0` gives the identity kernel `[1]`.
 pub fn gaussian_kernel(sigma: f32, truncate: f32) -> Vec<f32> {
@@ -46,6 +82,8 @@ pub struct Scorer {
     kernel: Vec<f32>,
     map: Vec<f32>,
     tmp: Vec<f32>,
+    /// Per-pixel mean and 1 / (std + floor) of the reference, when there is one.
+    reference: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl Scorer {
@@ -57,7 +95,17 @@ impl Scorer {
             kernel: gaussian_kernel(spec.sigma, spec.truncate),
             map: vec![0.0; width * height],
             tmp: vec![0.0; width * height],
+            reference: None,
         }
+    }
+
+    /// Standardises every map by `reference` (its planes must have `width * height` pixels).
+    pub fn with_reference(mut self, reference: Option<&Reference>) -> Self {
+        self.reference = reference.map(|r| {
+            debug_assert_eq!(r.mean.len(), self.map.len());
+            (r.mean.clone(), r.std.iter().map(|s| 1.0 / (s + r.floor)).collect())
+        });
+        self
     }
 
     /// The smoothed anomaly map of the last [`Self::score`], row-major `height x width`.
@@ -94,6 +142,11 @@ impl Scorer {
             convolve_line(&self.map[x..], &mut self.tmp[x..], h, w, &self.kernel);
         }
         std::mem::swap(&mut self.map, &mut self.tmp);
+        if let Some((mean, inv)) = &self.reference {
+            for ((v, m), k) in self.map.iter_mut().zip(mean).zip(inv) {
+                *v = (*v - m) * k;
+            }
+        }
         self.map.iter().fold(f32::NEG_INFINITY, |m, &v| if v.is_nan() || m.is_nan() { f32::NAN } else { m.max(v) })
     }
 }
@@ -103,7 +156,13 @@ mod tests {
     use super::*;
 
     fn spec(sigma: f32) -> ScoringSpec {
-        ScoringSpec { error: "squared_mean_channels".into(), sigma, truncate: 4.0, reduction: "max".into() }
+        ScoringSpec {
+            error: "squared_mean_channels".into(),
+            sigma,
+            truncate: 4.0,
+            reduction: "max".into(),
+            reference: None,
+        }
     }
 
     #[test]
@@ -151,5 +210,22 @@ mod tests {
     fn nan_reconstruction_gives_nan_score() {
         let mut s = Scorer::new(2, 1, &spec(0.0));
         assert!(s.score(&[0.0; 6], &[0.0, f32::NAN, 0.0, 0.0, 0.0, 0.0]).is_nan());
+    }
+
+    #[test]
+    fn a_reference_standardises_the_map_per_pixel() {
+        let r = Reference { mean: vec![1.0, 0.0], std: vec![0.5, 2.0], floor: 0.5 };
+        let mut s = Scorer::new(2, 1, &spec(0.0)).with_reference(Some(&r));
+        let input = [0.0; 6];
+        let recon = [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]; // raw map [4, 4]
+                                                    // (4 - 1) / (0.5 + 0.5) = 3 and (4 - 0) / (2 + 0.5) = 1.6.
+        assert_eq!(s.score(&input, &recon), 3.0);
+        assert_eq!(s.map(), &[3.0, 1.6]);
+        let back = Reference::from_bytes(&r.to_bytes(), 2, 0.5).unwrap();
+        assert_eq!(back, r);
+        assert!(Reference::from_bytes(&r.to_bytes(), 3, 0.5).unwrap_err().contains("needs 24"));
+        assert!(Reference::from_bytes(&r.to_bytes(), 2, 0.0).unwrap_err().contains("positive"));
+        let neg = Reference { std: vec![-1.0, 0.0], ..r };
+        assert!(Reference::from_bytes(&neg.to_bytes(), 2, 0.5).is_err());
     }
 }

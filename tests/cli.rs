@@ -211,6 +211,46 @@ fn calibrate_writes_the_threshold_the_scores_demand() {
 }
 
 #[test]
+fn calibrate_with_reference_writes_a_verified_per_pixel_reference() {
+    let goods = synth("7", "12", "0", "0");
+    let good_dir = goods.path().join("train/good");
+    let (_d, b) = bundle_copy(|_, _| {});
+    let (bs, gs) = (b.to_str().unwrap(), good_dir.to_str().unwrap());
+    let o = anovit(&["calibrate", "--model", bs, "--good", gs, "--reference"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("scoring reference from 12 good images"), "{out}");
+    let bundle = anovit::bundle::Bundle::load(&b).unwrap();
+    let spec = bundle.manifest.scoring.reference.clone().expect("scoring.reference written");
+    assert_eq!((spec.file.as_str(), spec.n_good), ("reference.bin", 12));
+    let r = bundle.reference.as_ref().unwrap();
+    assert_eq!(r.mean.len(), 224 * 224);
+    assert!(r.std.iter().all(|&s| s >= 0.0) && r.std.iter().any(|&s| s > 0.0) && r.floor > 0.0);
+    // Standardised maps: a defect-free fresh part scores in units of good-part spread.
+    let fresh = synth("8", "0", "4", "2");
+    let ev = fresh.path().join("ev.jsonl");
+    let test = fresh.path().join("test");
+    let o = anovit(&["run", "--model", bs, "--folder", test.to_str().unwrap(), "-q", "--events", ev.to_str().unwrap()]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(std::fs::read_to_string(&ev).unwrap().lines().count(), 4 + 2 * 4);
+    // Recalibrating without --reference keeps the reference and scores with it.
+    let o = anovit(&["calibrate", "--model", bs, "--good", gs]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(anovit::bundle::Bundle::load(&b).unwrap().reference.is_some());
+    // A reference changed after calibration is refused at load, with what to do.
+    let mut bytes = std::fs::read(b.join("reference.bin")).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(b.join("reference.bin"), bytes).unwrap();
+    fails_with(&["run", "--model", bs, "--parts", "1"], "run `anovit calibrate --reference` again");
+    let few = synth("9", "4", "0", "0");
+    let few = few.path().join("train/good");
+    fails_with(
+        &["calibrate", "--model", "models/demo-f32", "--good", few.to_str().unwrap(), "--reference", "--dry-run"],
+        "at least 5 good images",
+    );
+}
+
+#[test]
 fn calibrate_and_eval_refuse_bad_input() {
     let empty = tempfile::tempdir().unwrap();
     let p = empty.path().to_str().unwrap();

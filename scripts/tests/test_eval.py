@@ -112,3 +112,69 @@ def test_pictures_are_written(evaluated):
     assert (out / "roc.png").stat().st_size > 1000
     assert (out / "eval.md").read_text().count("| ") > 10
     assert len(list((out / "overlays").glob("*.png"))) >= 5  # one per kind, plus any misclassified
+
+
+def test_inpainting_bundle_runs_in_tract_as_in_onnxruntime(tmp_path):
+    # The inpainting graph (a batch of masked passes merged by constant masks) must score the same
+    # in the Rust runtime as in onnxruntime, f32 and int8, through `anovit eval`.
+    if not BIN.is_file():
+        pytest.skip(f"{BIN} not built: run `cargo build --release` (scripts/test.sh does)")
+    import common
+    import export
+    import quantize
+    import train
+    from test_end_to_end import make_dataset
+
+    data = tmp_path / "data"
+    make_dataset(data)
+    ckpt = tmp_path / "inp.pt"
+    train.train(train.parse_args(["--data", str(data), "--size", "tiny", "--image-size", "64", "--batch", "4",
+                                  "--val-fraction", "0.25", "--epochs", "2", "--inpaint", "4",
+                                  "--corrupt-ratio", "0.1", "--out", str(ckpt)]))
+    f32, int8 = tmp_path / "f32", tmp_path / "int8"
+    export.main(export.parse_args(["--ckpt", str(ckpt), "--out", str(f32), "--sigma", "2"]))
+    quantize.main(quantize.parse_args(["--bundle", str(f32), "--out", str(int8), "--data", str(data),
+                                       "--calibration-images", "8"]))
+    for bundle in (f32, int8):
+        m = common.read_manifest(bundle)
+        assert m["model"]["arch"]["inpaint_phases"] == 4
+        out = tmp_path / f"eval-{bundle.name}"
+        subprocess.run([BIN, "eval", "--model", bundle, "--data", data, "--out", out], check=True, capture_output=True)
+        r = json.loads((out / "eval.json").read_text())
+        ort = common.OrtModel(bundle, threads=1)
+        pre = common.Preprocess.from_manifest(m["input"])
+        for s in r["scores"]:
+            ref = ort.score(pre(common.load_rgb(s["path"])))
+            assert s["score"] == pytest.approx(ref, rel=1e-3 if bundle is int8 else 1e-5)
+
+
+def test_reference_scoring_matches_onnxruntime(tmp_path):
+    # `calibrate --reference` standardises maps per pixel; the Python side (OrtModel.score) must
+    # give the runtime's scores for such a bundle, and eval's maps must be those standardised maps.
+    if not BIN.is_file():
+        pytest.skip(f"{BIN} not built: run `cargo build --release` (scripts/test.sh does)")
+    import shutil
+
+    import common
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(ROOT / "models" / "demo-f32", bundle)
+    data = tmp_path / "data"
+    subprocess.run([BIN, "synth", "--out", data, "--seed", "21", "--train", "10", "--test-good", "3",
+                    "--test-per-defect", "1"], check=True, capture_output=True)
+    subprocess.run([BIN, "calibrate", "--model", bundle, "--good", data / "train" / "good", "--reference"],
+                   check=True, capture_output=True)
+    m = common.read_manifest(bundle)
+    assert m["scoring"]["reference"]["n_good"] == 10
+    out = tmp_path / "eval"
+    subprocess.run([BIN, "eval", "--model", bundle, "--data", data, "--out", out, "--dump"], check=True,
+                   capture_output=True)
+    r = json.loads((out / "eval.json").read_text())
+    maps = np.load(out / "maps.npy")
+    ort = common.OrtModel(bundle, threads=1)
+    mean, inv = ort.reference
+    for s, mp in zip(r["scores"], maps):
+        x = ort.pre(common.load_rgb(s["path"]))
+        raw = common.smooth(common.error_map(x, ort.reconstruct(x)), m["scoring"]["sigma"], m["scoring"]["truncate"])
+        assert np.allclose(mp, (raw - mean) * inv, rtol=1e-4, atol=1e-4)
+        assert s["score"] == pytest.approx(ort.score(x), rel=1e-4, abs=1e-4)

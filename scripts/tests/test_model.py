@@ -54,3 +54,45 @@ def test_timm_named_checkpoint_loads_and_pos_embed_is_interpolated(tmp_path):
     assert report["unused"] == ["head.weight"] and report["missing_encoder"] == ["mask_token"]
     assert torch.equal(dst.blocks[0].mlp.fc1.weight, src.blocks[0].mlp.fc1.weight)
     assert torch.equal(dst.pos_embed[:, 0], src.pos_embed[:, 0])  # class-token position kept
+
+
+@pytest.mark.parametrize("phases", [2, 4])
+def test_inpainting_never_sees_the_patch_it_reconstructs(phases):
+    # The whole point of inpainting: a defect inside a patch cannot be copied, because the pass
+    # that reconstructs that patch's pixels has the patch masked. Changing one patch's pixels
+    # must leave exactly those output pixels unchanged (and change others: context is used).
+    torch.manual_seed(0)
+    m = anovit_model.build("tiny", image_size=64, inpaint=phases).eval()
+    x = torch.randn(1, 3, 64, 64)
+    y = x.clone()
+    y[:, :, 16:32, 32:48] += 5.0  # patch (1, 2)
+    with torch.no_grad():
+        a, b = m(x), m(y)
+    assert torch.equal(a[:, :, 16:32, 32:48], b[:, :, 16:32, 32:48])
+    assert not torch.allclose(a, b)
+    # Each pixel comes from exactly one pass.
+    assert torch.equal(m.pixel_select.sum(dim=0), torch.ones(1, 1, 64, 64))
+
+
+def test_phases_keep_direct_neighbours_visible():
+    for phases in (2, 4, 9):
+        p = anovit_model.phase_of_patches(6, phases).view(6, 6)
+        assert sorted(p.unique().tolist()) == list(range(phases))
+        assert (p[1:] != p[:-1]).all() and (p[:, 1:] != p[:, :-1]).all()
+    with pytest.raises(ValueError, match="inpaint phases"):
+        anovit_model.phase_of_patches(6, 3)
+
+
+def test_inpainting_loss_counts_only_masked_pixels():
+    torch.manual_seed(0)
+    m = anovit_model.build("tiny", image_size=64, inpaint=4).train()
+    x = torch.randn(2, 3, 64, 64)
+    gen = torch.Generator().manual_seed(1)
+    loss = anovit_model.reconstruction_loss(m, x, x, gen)
+    phase = torch.randint(0, 4, (2,), generator=torch.Generator().manual_seed(1))
+    mask = m.pixel_mask(phase)
+    assert mask.sum() == 2 * 64 * 64 / 4
+    expected = (((m(x, phase) - x) ** 2) * mask).sum() / (mask.sum() * 3)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="CAE"):
+        anovit_model.build("cae", inpaint=4)

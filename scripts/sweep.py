@@ -1,0 +1,302 @@
+"""Recipe sweep: many training variants side by side, scored on the test split while they train.
+
+An exploration tool, not the published comparison (that is compare.py, through the Rust `anovit
+eval`). It packs each data set once into a small .npz (224 px, uint8, the split of train.py) so the
+sweep can run where the data is not, e.g. on a GPU machine, then trains every variant of a grid in
+parallel processes and records image AUROC (several smoothing sigmas) and pixel AUROC at a few
+epochs of each run. Scoring here is common.score's arithmetic in torch (reflect border differs at
+the outermost pixel), good enough to rank recipes.
+
+    .venv/bin/python scripts/sweep.py pack --out sweep-data          # here, where ../shared/data is
+    python3 scripts/sweep.py grid --data sweep-data --out out/sweep --device cuda --minutes 6
+    python3 scripts/sweep.py run --data sweep-data --dataset bottle --size edge --inpaint 4 --epochs 300 --out r.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import anovit_model
+import common
+import train as train_mod
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+DATASETS = {"bottle": ("mvtec_ad_bottle_256", "mvtec"), "magnetic_tile": ("magnetic_tile", "magnetic-tile")}
+SIGMAS = (0.0, 2.0, 4.0, 8.0)
+
+
+def _encode(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, 3, S, S) -> concatenated JPEG bytes (quality 95, no chroma subsampling) and
+    offsets: small enough to travel; the loss is far below what ranks recipes."""
+    import io
+    from PIL import Image
+    chunks = []
+    for img in images:
+        buf = io.BytesIO()
+        gray = (img[0] == img[1]).all() and (img[1] == img[2]).all()
+        Image.fromarray(img[0] if gray else img.transpose(1, 2, 0)).save(buf, "JPEG", quality=95, subsampling=0)
+        chunks.append(np.frombuffer(buf.getvalue(), np.uint8))
+    return np.concatenate(chunks), np.cumsum([0] + [len(c) for c in chunks])
+
+
+def _decode(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    import io
+    from PIL import Image
+    return np.stack([np.asarray(Image.open(io.BytesIO(data[a:b].tobytes())).convert("RGB")).transpose(2, 0, 1)
+                     for a, b in zip(offsets[:-1], offsets[1:])])
+
+
+def write_npz(path: Path, train: np.ndarray, val: np.ndarray, test: np.ndarray, kinds: list[str],
+              masks: np.ndarray | None) -> None:
+    """The packed form `run` reads: uint8 (N, 3, S, S) splits, test kinds ("good" or a defect
+    type) and optional boolean (N, S, S) test masks."""
+    arrays = {}
+    for split, imgs in (("train", train), ("val", val), ("test", test)):
+        arrays[split], arrays[f"{split}_offsets"] = _encode(imgs)
+    has = masks is not None
+    masks = masks if has else np.zeros((len(test), 1, 1), bool)
+    np.savez_compressed(path, **arrays, labels=np.array([k != "good" for k in kinds]), kinds=np.array(kinds),
+                        has_masks=np.array(has), masks=np.packbits(masks), mask_shape=np.array(masks.shape))
+
+
+def pack(args) -> None:
+    """One .npz per data set: train/val/test images (after the board's resize, JPEG-encoded),
+    test labels, kinds, and bit-packed masks on the same grid."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    size = args.image_size
+    geom = common.Preprocess(size, size, (0.0,) * 3, (1.0,) * 3)
+    for ds, (folder, layout) in DATASETS.items():
+        root = DATA / folder
+        samples, test = common.discover(root, layout)
+        n_val = max(1, int(round(0.1 * len(samples))))
+        train_s, val_s = common.split_train_val(samples, n_val, 0)
+        load = lambda ss: np.stack([np.round(geom(common.load_rgb(s.path)) * 255).astype(np.uint8) for s in ss])  # noqa: E731
+        masks = np.zeros((len(test), size, size), bool)
+        for i, s in enumerate(test):
+            if s.mask:
+                m = common.load_mask(s.mask, (0, 0)).astype(np.float32)[..., None]
+                masks[i] = common.resize_bilinear(m, size, size)[..., 0] >= 0.5
+        write_npz(args.out / f"{ds}.npz", load(train_s), load(val_s), load(test), [s.kind for s in test],
+                  masks if any(s.mask for s in test) else None)
+        print(f"{ds}: {len(train_s)} train, {len(val_s)} val, {len(test)} test -> "
+              f"{(args.out / f'{ds}.npz').stat().st_size / 1e6:.1f} MB", flush=True)
+
+
+def gaussian_1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    return torch.from_numpy(common.gaussian_kernel(sigma, truncate))
+
+
+def smooth(err: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(N, 1, H, W) separable Gaussian, reflect border."""
+    if sigma <= 0:
+        return err
+    w = gaussian_1d(sigma).to(err.device)
+    r = len(w) // 2
+    err = F.conv2d(F.pad(err, (r, r, 0, 0), mode="reflect"), w.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(err, (0, 0, r, r), mode="reflect"), w.view(1, 1, -1, 1))
+
+
+@torch.no_grad()
+def evaluate(model, x_test, labels, kinds, masks, device, batch=16) -> dict:
+    from sklearn.metrics import roc_auc_score
+    model.eval()
+    maps = []
+    for i in range(0, len(x_test), batch):
+        xb = x_test[i:i + batch].to(device)
+        maps.append(((model(xb) - xb) ** 2).mean(dim=1, keepdim=True))
+    err = torch.cat(maps)
+    out = {}
+    for s in SIGMAS:
+        sm = smooth(err, s)
+        scores = sm.flatten(1).amax(dim=1).cpu().numpy()
+        out[f"image_auroc_s{s:g}"] = float(roc_auc_score(labels, scores))
+        per_kind = {}
+        for k in sorted(set(kinds) - {"good"}):
+            sel = (kinds == k) | (kinds == "good")
+            per_kind[k] = round(float(roc_auc_score(labels[sel], scores[sel])), 4)
+        out[f"per_kind_s{s:g}"] = per_kind
+        if masks is not None and s in (0.0, 4.0):
+            px = sm[:, 0, ::2, ::2].cpu().numpy().ravel()
+            out[f"pixel_auroc_s{s:g}"] = float(roc_auc_score(masks[:, ::2, ::2].ravel(), px))
+    return out
+
+
+def run(args) -> dict:
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    packed = args.data / f"{args.dataset}.npz"
+    if not packed.is_file():
+        sys.exit(f"{packed} not found: run `sweep.py pack --out {args.data}` first")
+    d = np.load(packed)
+    x_train = torch.from_numpy(_decode(d["train"], d["train_offsets"])).float() / 255
+    mean, std = x_train.mean(dim=(0, 2, 3), keepdim=True), x_train.std(dim=(0, 2, 3), keepdim=True)
+    x_train = (x_train - mean) / std
+    x_test = (torch.from_numpy(_decode(d["test"], d["test_offsets"])).float() / 255 - mean) / std
+    labels, kinds = d["labels"], d["kinds"]
+    masks = np.unpackbits(d["masks"])[: int(np.prod(d["mask_shape"]))].reshape(d["mask_shape"]).astype(bool) \
+        if bool(d["has_masks"]) else None
+
+    model = anovit_model.build(args.size, x_train.shape[-1], 0.0, args.inpaint).to(args.device)
+    opt, sched = train_mod.make_optimizer(model, args)
+    gen = torch.Generator().manual_seed(args.seed)
+    corrupt_gen = torch.Generator().manual_seed(args.seed + 1)
+    checkpoints = {max(1, round(args.epochs * f)) for f in (0.25, 0.5, 0.75, 1.0)}
+    if args.eval_every:
+        checkpoints |= set(range(args.eval_every, args.epochs + 1, args.eval_every))
+    result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
+              "evals": []}
+    start = time.time()
+    for epoch in range(1, args.epochs + 1):
+        loss = train_mod.run_epoch(model, opt, x_train, args, gen, corrupt_gen)
+        if sched:
+            sched.step()
+        late = args.minutes and time.time() - start > 60 * args.minutes
+        if epoch in checkpoints or late:
+            ev = evaluate(model, x_test, labels, kinds, masks, args.device)
+            ev.update(epoch=epoch, loss=loss, minutes=(time.time() - start) / 60)
+            result["evals"].append(ev)
+            print(json.dumps({k: v for k, v in ev.items() if not k.startswith("per_kind")}), flush=True)
+            args.out.write_text(json.dumps(result, indent=1))
+        if late:
+            result["stopped_early"] = epoch
+            break
+    args.out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+# name: (dataset, size, inpaint, corrupt ratio, epochs, extra args)
+GRID = {
+    "bottle-edge": ("bottle", "edge", 1, 0.0, 300, []),
+    "bottle-edge-c01": ("bottle", "edge", 1, 0.1, 300, []),
+    "bottle-cae": ("bottle", "cae", 1, 0.0, 300, []),
+    "bottle-inp2": ("bottle", "edge", 2, 0.0, 300, []),
+    "bottle-inp4": ("bottle", "edge", 4, 0.0, 300, []),
+    "bottle-inp4-c01": ("bottle", "edge", 4, 0.1, 300, []),
+    "bottle-inp9": ("bottle", "edge", 9, 0.0, 300, []),
+    "bottle-inp4-cos": ("bottle", "edge", 4, 0.0, 300, ["--cosine", "--lr", "5e-4"]),
+    "bottle-edge-c02": ("bottle", "edge", 1, 0.2, 300, []),
+    "bottle-cae-c01": ("bottle", "cae", 1, 0.1, 300, []),
+    "bottle-inp2-c01": ("bottle", "edge", 2, 0.1, 300, []),
+    "mt-edge": ("magnetic_tile", "edge", 1, 0.0, 100, []),
+    "mt-edge-c01": ("magnetic_tile", "edge", 1, 0.1, 100, []),
+    "mt-cae-c01": ("magnetic_tile", "cae", 1, 0.1, 100, []),
+    "mt-inp2-c02": ("magnetic_tile", "edge", 2, 0.2, 100, []),
+    "mt-cae": ("magnetic_tile", "cae", 1, 0.0, 100, []),
+    "mt-inp2": ("magnetic_tile", "edge", 2, 0.0, 100, []),
+    "mt-inp4": ("magnetic_tile", "edge", 4, 0.0, 100, []),
+    "mt-inp4-c01": ("magnetic_tile", "edge", 4, 0.1, 100, []),
+    "mt-inp9": ("magnetic_tile", "edge", 9, 0.0, 100, []),
+    "mt-inp4-cos": ("magnetic_tile", "edge", 4, 0.0, 100, ["--cosine", "--lr", "5e-4"]),
+}
+
+
+def grid(args) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    names = [n for n in GRID if not args.only or n in args.only]
+    procs = {}
+    for name in names:
+        ds, size, inp, cor, epochs, extra = GRID[name]
+        epochs = max(1, int(epochs * args.epoch_scale))
+        cmd = [sys.executable, __file__, "run", "--data", args.data, "--dataset", ds, "--size", size,
+               "--eval-every", args.eval_every,
+               "--inpaint", inp, "--corrupt-ratio", cor, "--epochs", epochs, "--device", args.device,
+               "--minutes", args.minutes, "--out", args.out / f"{name}.json", *extra]
+        log = open(args.out / f"{name}.log", "w")
+        procs[name] = subprocess.Popen([str(c) for c in cmd], stdout=log, stderr=subprocess.STDOUT)
+    failed = [n for n, p in procs.items() if p.wait()]
+    summary = {}
+    for name in names:
+        f = args.out / f"{name}.json"
+        if f.exists():
+            summary[name] = json.loads(f.read_text())
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    for name, r in summary.items():
+        for ev in r["evals"]:
+            figs = "  ".join(f"{k.replace('image_auroc_', 'img ').replace('pixel_auroc_', 'px ')} {v:.3f}"
+                             for k, v in ev.items() if "auroc" in k)
+            print(f"{name:18s} ep {ev['epoch']:4d} {ev['minutes']:5.1f} min  {figs}")
+    if failed:
+        sys.exit(f"failed runs: {failed} (see their .log)")
+
+
+def report(args) -> None:
+    """Markdown tables of one or more grid summaries (each with its own heading and command)."""
+    lines = ["# Recipe sweep (`scripts/sweep.py`)", "",
+             "Exploration figures, not the published comparison (`docs/RESULTS.md`): torch scoring on the",
+             "test split *during* training, so choosing by them is optimistic; image AUROC carries about",
+             "+/-0.03 of noise on bottle (20 good test images). Recipe as in `scripts/train.py` (224 px, batch 8,",
+             "Adam 2e-4 (0.5, 0.999), corruption and inpainting as named); all runs of a grid share the machine.",
+             "Score: max of the squared-error map smoothed with sigma s; pixel AUROC on every 2nd pixel.", ""]
+    for title, path in zip(args.titles, args.summaries):
+        data = json.loads(Path(path).read_text())
+        lines += [f"## {title}", "", "| run | data | model | inpaint | corrupt | epoch | min | image s0 | s2 | s4 | s8 "
+                  "| pixel s4 | per kind (s4) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, r in data.items():
+            c = r["config"]
+            for ev in r["evals"]:
+                px = ev.get("pixel_auroc_s4")
+                kinds = ", ".join(f"{k} {v:.2f}" for k, v in ev["per_kind_s4"].items())
+                lines.append(f"| {name} | {c['dataset']} | {c['size']} | {c['inpaint']} | {c['corrupt_ratio']} "
+                             f"| {ev['epoch']} | {ev['minutes']:.1f} | "
+                             + " | ".join(f"{ev[f'image_auroc_s{s:g}']:.3f}" for s in SIGMAS)
+                             + f" | {'–' if px is None else f'{px:.3f}'} | {kinds} |")
+        lines.append("")
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(required=True)
+    pk = sub.add_parser("pack")
+    pk.add_argument("--out", type=Path, required=True)
+    pk.add_argument("--image-size", type=int, default=224)
+    pk.set_defaults(func=pack)
+    r = sub.add_parser("run")
+    r.add_argument("--data", type=Path, required=True)
+    r.add_argument("--dataset", required=True, help="reads <data>/<dataset>.npz (from pack)")
+    r.add_argument("--size", choices=anovit_model.SIZE_NAMES, default="edge")
+    r.add_argument("--inpaint", type=int, default=1, choices=anovit_model.INPAINT_PHASES)
+    r.add_argument("--corrupt-ratio", type=float, default=0.0)
+    r.add_argument("--epochs", type=int, default=100)
+    r.add_argument("--batch", type=int, default=8)
+    r.add_argument("--lr", type=float, default=2e-4)
+    r.add_argument("--cosine", action="store_true")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--minutes", type=float, default=0.0, help="stop (after scoring) once past this")
+    r.add_argument("--eval-every", type=int, default=0, help="also score every N epochs")
+    r.add_argument("--out", type=Path, required=True)
+    r.set_defaults(func=run)
+    g = sub.add_parser("grid")
+    g.add_argument("--data", type=Path, required=True)
+    g.add_argument("--out", type=Path, required=True)
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--minutes", type=float, default=0.0)
+    g.add_argument("--epoch-scale", type=float, default=1.0, help="multiplies every run's epochs (smoke tests)")
+    g.add_argument("--eval-every", type=int, default=0)
+    g.add_argument("--only", nargs="*", help="run only these names")
+    g.set_defaults(func=grid)
+    rp = sub.add_parser("report")
+    rp.add_argument("--summaries", nargs="+", type=Path, required=True)
+    rp.add_argument("--titles", nargs="+", required=True, help="one heading per summary (say the command)")
+    rp.add_argument("--out", type=Path, required=True)
+    rp.set_defaults(func=report)
+    args = p.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
