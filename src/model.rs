@@ -11,8 +11,6 @@
 use std::path::{Path, PathBuf};
 
 use tract_core::prelude::*;
-use tract_onnx_opl::WithOnnx;
-use tract_transformers::WithTractTransformers;
 
 use crate::bundle::{Bundle, Manifest, ModelFormat};
 use crate::error::{Error, Result};
@@ -25,9 +23,11 @@ const SER_VERSION_KEY: &str = "tract_nnef_ser_version";
 
 type Plan = Arc<TypedRunnableModel>;
 
-/// The NNEF framework with every operator set our models use.
+/// The NNEF framework plans are written and read with: tract-core's operators only. Writing
+/// with nothing more makes `compile` fail on an operator the deploy build could not load, instead
+/// of the board failing at start; and the deploy binary links no extra operator sets.
 pub fn nnef() -> tract_nnef::framework::Nnef {
-    tract_nnef::nnef().with_onnx().with_tract_transformers()
+    tract_nnef::nnef()
 }
 
 fn tract_err(path: &Path) -> impl Fn(anyhow::Error) -> Error + '_ {

@@ -98,3 +98,23 @@ fn runs_from_a_plan_and_refuses_bad_ones() {
     });
     run_fails(tampered.path(), "sha256");
 }
+
+#[test]
+fn a_scoring_reference_travels_into_the_plan() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let demo = demo_bundle();
+    for f in ["manifest.json", demo.manifest.model.file.as_str()] {
+        std::fs::copy(demo.dir.join(f), src.join(f)).unwrap();
+    }
+    let mut b = Bundle::load(&src).unwrap();
+    let plane = b.manifest.input.width() * b.manifest.input.height();
+    let r = anovit::scoring::Reference { mean: vec![0.1; plane], std: vec![0.2; plane], floor: 0.02 };
+    let threshold = serde_json::to_value(&b.manifest.threshold).unwrap();
+    b.write_calibration(threshold, Some((&r, 7))).unwrap();
+    anovit::model::compile(&b, &d.path().join("plan")).unwrap();
+    let plan = Bundle::load(&d.path().join("plan")).unwrap();
+    assert_eq!(plan.reference.as_ref(), Some(&r));
+    assert_eq!(plan.manifest.scoring.reference.as_ref().unwrap().n_good, 7);
+}
