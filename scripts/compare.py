@@ -70,11 +70,15 @@ RUNS = {
                         label="AnoViT-edge, one stage, 10 % corruption, seed 1"),
     "cae-c01-s1": dict(size="cae", single=True, corrupt=0.1, seed=1,
                        label="CAE, one stage, 10 % corruption, seed 1"),
+    "edge-c01-s1-ref": dict(size="edge", weights_of="edge-c01-s1", reference=True,
+                            label="AnoViT-edge, one stage, 10 % corruption, seed 1, per-pixel reference"),
+    "cae-c01-s1-ref": dict(size="cae", weights_of="cae-c01-s1", reference=True,
+                           label="CAE, one stage, 10 % corruption, seed 1, per-pixel reference"),
 }
 MODELS = {k: v["label"] for k, v in RUNS.items()}
 # (AnoViT run, CAE run) pairs trained with one recipe: the paper's comparison proper.
 SAME_RECIPE = [("edge", "cae"), ("edge-c01", "cae-c01"), ("edge-c01-s1", "cae-c01-s1"), ("edge-ref", "cae-ref"),
-               ("edge-c01-ref", "cae-c01-ref")]
+               ("edge-c01-ref", "cae-c01-ref"), ("edge-c01-s1-ref", "cae-c01-s1-ref")]
 
 
 def sh(cmd: list, log: Path) -> None:
