@@ -71,6 +71,11 @@ def discover(root: str | Path, layout: str = "mvtec") -> tuple[list[Sample], lis
     return train, test
 
 
+def val_count(n_samples: int, fraction: float) -> int:
+    """Images held out for validation: the fraction, rounded, at least one."""
+    return max(1, int(round(fraction * n_samples)))
+
+
 def split_train_val(samples: list[Sample], n_val: int, seed: int) -> tuple[list[Sample], list[Sample]]:
     """Seeded split of the good training images into train and validation (held out).
 
@@ -334,8 +339,8 @@ class OrtModel:
         """The runtime's image score (the bundle's scoring reference included, where it has one
         and the manifest's sigma is used)."""
         sc = self.manifest["scoring"]
-        if sigma is not None or self.reference is None:
-            return score(x, self.reconstruct(x), sc["sigma"] if sigma is None else sigma, sc["truncate"])
-        mean, inv = self.reference
-        m = smooth(error_map(x, self.reconstruct(x)), sc["sigma"], sc["truncate"])
-        return float(((m - mean) * inv).max())
+        m = smooth(error_map(x, self.reconstruct(x)), sc["sigma"] if sigma is None else sigma, sc["truncate"])
+        if sigma is None and self.reference is not None:
+            mean, inv = self.reference
+            m = (m - mean) * inv
+        return float(m.max())

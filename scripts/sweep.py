@@ -78,8 +78,8 @@ def pack(args) -> None:
     for ds, (folder, layout) in DATASETS.items():
         root = DATA / folder
         samples, test = common.discover(root, layout)
-        n_val = max(1, int(round(0.1 * len(samples))))
-        train_s, val_s = common.split_train_val(samples, n_val, 0)
+        # train.py's default split (fraction 0.1, seed 0): the sweep trains on what it trains on.
+        train_s, val_s = common.split_train_val(samples, common.val_count(len(samples), 0.1), 0)
         load = lambda ss: np.stack([np.round(geom(common.load_rgb(s.path)) * 255).astype(np.uint8) for s in ss])  # noqa: E731
         masks = np.zeros((len(test), size, size), bool)
         for i, s in enumerate(test):
@@ -92,15 +92,11 @@ def pack(args) -> None:
               f"{(args.out / f'{ds}.npz').stat().st_size / 1e6:.1f} MB", flush=True)
 
 
-def gaussian_1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
-    return torch.from_numpy(common.gaussian_kernel(sigma, truncate))
-
-
 def smooth(err: torch.Tensor, sigma: float) -> torch.Tensor:
     """(N, 1, H, W) separable Gaussian, reflect border."""
     if sigma <= 0:
         return err
-    w = gaussian_1d(sigma).to(err.device)
+    w = torch.from_numpy(common.gaussian_kernel(sigma, 4.0)).to(err.device)
     r = len(w) // 2
     err = F.conv2d(F.pad(err, (r, r, 0, 0), mode="reflect"), w.view(1, 1, 1, -1))
     return F.conv2d(F.pad(err, (0, 0, r, r), mode="reflect"), w.view(1, 1, -1, 1))

@@ -111,8 +111,7 @@ def train(args) -> dict:
 
     samples, _ = common.discover(args.data, args.layout)
     fingerprint = common.data_fingerprint(args.data, samples)
-    n_val = max(1, int(round(args.val_fraction * len(samples))))
-    train_s, val_s = common.split_train_val(samples, n_val, args.seed)
+    train_s, val_s = common.split_train_val(samples, common.val_count(len(samples), args.val_fraction), args.seed)
     if args.max_train_images:
         train_s = train_s[: args.max_train_images]
 

@@ -215,15 +215,14 @@ impl Bundle {
     fn load_reference(&self) -> Result<Option<Reference>> {
         let Some(spec) = &self.manifest.scoring.reference else { return Ok(None) };
         let path = self.dir.join(&spec.file);
-        let bytes = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
         let bad = |why: String| Error::ModelMismatch {
             path: path.clone(),
             why: format!("scoring reference {why}: run `anovit calibrate --reference` again"),
         };
-        let got = sha256_hex(&bytes);
-        if !got.eq_ignore_ascii_case(&spec.sha256) {
-            return Err(bad(format!("sha256 is {got}, the manifest says {}", spec.sha256)));
-        }
+        let bytes = read_hashed(&path, &spec.sha256).map_err(|e| match e {
+            Error::ModelMismatch { why, .. } => bad(why),
+            e => e,
+        })?;
         let plane = self.manifest.input.width() * self.manifest.input.height();
         Reference::from_bytes(&bytes, plane, spec.floor).map(Some).map_err(bad)
     }
@@ -260,22 +259,36 @@ impl Bundle {
         let text = serde_json::to_string_pretty(&doc).map_err(|e| err(e.to_string()))? + "\n";
         self.manifest = Manifest::parse(&text).map_err(err)?;
         write_atomic(&mpath, text.as_bytes())?;
-        self.reference = self.load_reference()?;
+        if let Some((r, _)) = reference {
+            self.reference = Some(r.clone());
+        }
         Ok(())
     }
 
     fn verify_model_hash(&self) -> Result<()> {
-        let path = self.model_path();
-        let bytes = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-        let got = sha256_hex(&bytes);
-        if !got.eq_ignore_ascii_case(&self.manifest.model.sha256) {
-            return Err(Error::ModelMismatch {
-                path,
-                why: format!("sha256 is {got}, the manifest says {}", self.manifest.model.sha256),
-            });
-        }
-        Ok(())
+        read_hashed(&self.model_path(), &self.manifest.model.sha256).map(drop)
     }
+}
+
+/// Reads a file of the bundle and checks it against the sha256 the manifest gives for it.
+fn read_hashed(path: &Path, want: &str) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let got = sha256_hex(&bytes);
+    if !got.eq_ignore_ascii_case(want) {
+        return Err(Error::ModelMismatch {
+            path: path.to_path_buf(),
+            why: format!("sha256 is {got}, the manifest says {want}"),
+        });
+    }
+    Ok(bytes)
+}
+
+/// A manifest file name must name a file inside the bundle.
+fn plain_file_name(key: &str, name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || name.contains('/') || name.contains("..") {
+        return Err(format!("`{key}` {name:?} must be a plain file name inside the bundle"));
+    }
+    Ok(())
 }
 
 /// Writes through a temporary file and a rename, so readers never see half a file.
@@ -311,9 +324,7 @@ impl Manifest {
                 self.format_version
             ));
         }
-        if self.model.file.is_empty() || self.model.file.contains('/') || self.model.file.contains("..") {
-            return Err(format!("`model.file` {:?} must be a plain file name inside the bundle", self.model.file));
-        }
+        plain_file_name("model.file", &self.model.file)?;
         if self.model.sha256.len() != 64 || !self.model.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err("`model.sha256` must be 64 hex digits".into());
         }
@@ -365,12 +376,7 @@ impl Manifest {
             return Err(format!("`scoring.truncate` {} must be in [0.5, 8]", s.truncate));
         }
         if let Some(r) = &s.reference {
-            if r.file.is_empty() || r.file.contains('/') || r.file.contains("..") {
-                return Err(format!(
-                    "`scoring.reference.file` {:?} must be a plain file name inside the bundle",
-                    r.file
-                ));
-            }
+            plain_file_name("scoring.reference.file", &r.file)?;
             if !(r.floor.is_finite() && r.floor > 0.0) {
                 return Err(format!("`scoring.reference.floor` {} must be positive", r.floor));
             }

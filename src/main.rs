@@ -379,9 +379,11 @@ fn calibrate(a: &CalibrateArgs) -> Result<()> {
     if files.is_empty() {
         bail!("{} holds no .png or .jpg images: point --good at a folder of good parts", a.good.display());
     }
-    // With --reference the maps are taken raw (any old reference left out) and kept.
-    let raw = Bundle { reference: None, ..bundle.clone() };
-    let mut fs = FrameScorer::new(if a.reference { &raw } else { &bundle }, Model::load(&bundle)?);
+    if a.reference {
+        // The new reference is built from raw maps: any old one is left out of the scoring.
+        bundle.reference = None;
+    }
+    let mut fs = FrameScorer::new(&bundle, Model::load(&bundle)?);
     let pb = progress_bar(files.len(), "scoring good images");
     let mut maps = Vec::new();
     let mut scores = score_files(&mut fs, &files, |i, fs| {
