@@ -3,6 +3,9 @@
 #   Rust: unit tests, the whole loop with fakes, golden scores against onnxruntime, the
 #         allocation test and the binary's error handling (cargo test).
 #   Python: preprocessing/scoring contract, model, a short real train -> export -> quantize run.
+#   VM: the real binary against real kernel drivers (vivid camera, gpio-sim lines) in qemu
+#       (scripts/vm-test.sh; needs root for its Debian packages the first time;
+#       ANOVIT_SKIP_VM=1 skips it, loudly).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,3 +23,11 @@ grep -E "^test result:" /tmp/anovit-cargo-test.log | awk '{p+=$4; f+=$6; i+=$8} 
 
 echo "== pytest scripts/tests"
 .venv/bin/python -m pytest -q scripts/tests
+
+echo "== VM stage: real V4L2 and GPIO drivers (scripts/vm-test.sh)"
+if [ "${ANOVIT_SKIP_VM:-0}" = 1 ]; then
+    echo "vm: SKIPPED (ANOVIT_SKIP_VM=1): the camera and GPIO paths were not tested against real drivers"
+else
+    scripts/vm-test.sh 2>&1 | tee /tmp/anovit-vm.log
+    grep -E "^vm-check: (ok|FAIL)" /tmp/anovit-vm.log | awk '{n[$2]++} END {printf "vm: %d passed, %d failed\n", n["ok"], n["FAIL"]}'
+fi

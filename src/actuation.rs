@@ -4,7 +4,8 @@
 //! "good = energised" convention (the line is energised while parts pass and drops to reject,
 //! so that a crash or power loss rejects by default).
 
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use embedded_hal::digital::{ErrorType, OutputPin, PinState};
 
@@ -92,6 +93,64 @@ impl<P: OutputPin> RejectLine<P> {
     }
 }
 
+/// An output pin behind a trait object, so that optional indicator lines do not multiply the
+/// loop's type parameters.
+pub trait LevelPin: Send {
+    /// Drives the line high or low.
+    fn set_level(&mut self, high: bool) -> Result<(), String>;
+}
+
+impl<P: OutputPin + Send> LevelPin for P {
+    fn set_level(&mut self, high: bool) -> Result<(), String> {
+        self.set_state(PinState::from(high)).map_err(|e| format!("{e:?}"))
+    }
+}
+
+/// An on/off indicator (health/ready): written only when its state changes.
+pub struct StatusLine {
+    pin: Box<dyn LevelPin>,
+    active_low: bool,
+    on: Option<bool>,
+    changes: u64,
+}
+
+impl StatusLine {
+    /// Takes the pin and drives it off.
+    pub fn new(pin: Box<dyn LevelPin>, active_low: bool) -> Result<Self, String> {
+        let mut s = Self { pin, active_low, on: None, changes: 0 };
+        s.set(false)?;
+        s.changes = 0;
+        Ok(s)
+    }
+
+    /// Turns the indicator on or off (no write when unchanged).
+    pub fn set(&mut self, on: bool) -> Result<(), String> {
+        if self.on == Some(on) {
+            return Ok(());
+        }
+        self.pin.set_level(on != self.active_low)?;
+        self.on = Some(on);
+        self.changes += 1;
+        Ok(())
+    }
+
+    /// Current state (`None` before the first successful write).
+    pub fn is_on(&self) -> Option<bool> {
+        self.on
+    }
+
+    /// State changes so far.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+}
+
+impl std::fmt::Debug for StatusLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusLine").field("on", &self.on).field("active_low", &self.active_low).finish()
+    }
+}
+
 /// One level change seen by a [`RecordingPin`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Edge {
@@ -159,10 +218,94 @@ impl<C: Clock, const N: usize> OutputPin for RecordingPin<C, N> {
     }
 }
 
+/// A real-time output for the reject line: it ends each pulse itself, on time, from a timer
+/// thread, while the loop is busy with the next frame (the loop only polls between frames,
+/// which could stretch a pulse to a whole frame period). [`RejectLine`] drives it as any pin;
+/// its own release on the next poll then finds the line already idle.
+pub struct TimedPin<P: OutputPin + Send + 'static> {
+    shared: Arc<(Mutex<Timed<P>>, Condvar)>,
+    active: PinState,
+    width: Duration,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Timed<P> {
+    pin: P,
+    release_at: Option<Instant>,
+    idle: PinState,
+    stop: bool,
+}
+
+impl<P: OutputPin + Send + 'static> TimedPin<P> {
+    /// Wraps `pin`, whose rejecting level is `line_level(true, polarity)`, ending pulses after
+    /// `width`.
+    pub fn spawn(pin: P, polarity: Polarity, width: Duration) -> std::io::Result<Self> {
+        let (active, idle) = (line_level(true, polarity), line_level(false, polarity));
+        let shared = Arc::new((Mutex::new(Timed { pin, release_at: None, idle, stop: false }), Condvar::new()));
+        let worker = Arc::clone(&shared);
+        let thread = std::thread::Builder::new().name("reject-timer".into()).spawn(move || release_loop(&worker))?;
+        Ok(Self { shared, active, width, thread: Some(thread) })
+    }
+}
+
+fn release_loop<P: OutputPin>(shared: &(Mutex<Timed<P>>, Condvar)) {
+    let (lock, cv) = shared;
+    // A poisoned lock means the loop thread panicked mid-write; keep ending pulses regardless.
+    let mut t = lock.lock().unwrap_or_else(|e| e.into_inner());
+    while !t.stop {
+        t = match t.release_at {
+            Some(at) if Instant::now() >= at => {
+                let idle = t.idle;
+                if let Err(e) = t.pin.set_state(idle) {
+                    log::error!("reject line: cannot end the pulse: {e:?}");
+                }
+                t.release_at = None;
+                t
+            }
+            Some(at) => cv.wait_timeout(t, at - Instant::now()).unwrap_or_else(|e| e.into_inner()).0,
+            None => cv.wait(t).unwrap_or_else(|e| e.into_inner()),
+        };
+    }
+}
+
+impl<P: OutputPin + Send + 'static> Drop for TimedPin<P> {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.shared;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl<P: OutputPin + Send + 'static> ErrorType for TimedPin<P> {
+    type Error = P::Error;
+}
+
+impl<P: OutputPin + Send + 'static> OutputPin for TimedPin<P> {
+    fn set_low(&mut self) -> Result<(), Self::Error> {
+        self.set_state(PinState::Low)
+    }
+
+    fn set_high(&mut self) -> Result<(), Self::Error> {
+        self.set_state(PinState::High)
+    }
+
+    fn set_state(&mut self, state: PinState) -> Result<(), Self::Error> {
+        let (lock, cv) = &*self.shared;
+        let mut t = lock.lock().unwrap_or_else(|e| e.into_inner());
+        t.pin.set_state(state)?;
+        t.release_at = (state == self.active).then(|| Instant::now() + self.width);
+        cv.notify_all();
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::FakeClock;
+    use crate::clock::{FakeClock, MonotonicClock};
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -213,5 +356,21 @@ mod tests {
         assert_eq!(line.pin().changes(), 4);
         let pin = line.release().unwrap();
         assert_eq!(pin.is_high(), Some(true));
+    }
+
+    #[test]
+    fn timed_pin_ends_the_pulse_while_the_loop_is_busy() {
+        let clock = MonotonicClock::new();
+        let width = 20 * MS;
+        let pin = TimedPin::spawn(RecordingPin::<_, 16>::new(clock), Polarity::ActiveLow, width).unwrap();
+        let mut line = RejectLine::new(pin, Polarity::ActiveLow, width).unwrap();
+        line.fire(clock.now()).unwrap();
+        // The loop does not poll for 50 widths (a slow inference): the timer ends the pulse.
+        std::thread::sleep(50 * width);
+        let shared = Arc::clone(&line.pin().shared);
+        let t = shared.0.lock().unwrap();
+        let edges: Vec<Edge> = t.pin.edges().copied().collect();
+        assert_eq!(edges.iter().map(|e| e.high).collect::<Vec<_>>(), [true, false, true], "idle, pulse, idle");
+        assert!(edges[2].at - edges[1].at >= width, "the pulse ended early: {:?}", edges[2].at - edges[1].at);
     }
 }

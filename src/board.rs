@@ -3,12 +3,14 @@
 //! Unknown keys are errors (a typo must not silently fall back to a default on a production
 //! line), and every range is checked with a message that names the key.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::actuation::Polarity;
+use crate::capture::convert::CameraFormat;
 use crate::error::{Error, Result};
 
 /// Where frames come from.
@@ -19,6 +21,8 @@ pub enum SourceKind {
     Synthetic,
     /// A folder of images, replayed.
     Folder,
+    /// A V4L2 camera (build with `--features hw-v4l`, on by default).
+    V4l2,
 }
 
 /// Camera section.
@@ -45,6 +49,63 @@ pub struct Camera {
     /// Synthetic: frame size in pixels (square).
     #[serde(default = "default_size")]
     pub size: usize,
+    /// V4L2: device path (`/dev/video0`) or the start of the card name (`vivid`, a webcam's name).
+    #[serde(default)]
+    pub device: Option<String>,
+    /// V4L2: pixel format (`yuyv`, `rgb24`, `grey`, `mjpeg`); absent = the first of these the
+    /// camera offers.
+    #[serde(default)]
+    pub format: Option<CameraFormat>,
+    /// V4L2: frame width.
+    #[serde(default = "default_width")]
+    pub width: u32,
+    /// V4L2: frame height.
+    #[serde(default = "default_height")]
+    pub height: u32,
+    /// V4L2: frames per second.
+    #[serde(default = "default_fps")]
+    pub fps: u32,
+    /// V4L2: buffers in the capture ring.
+    #[serde(default = "default_buffers")]
+    pub buffers: u32,
+    /// V4L2: no frame for this long is a stall (the part is rejected, the health line drops).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_width() -> u32 {
+    640
+}
+fn default_height() -> u32 {
+    480
+}
+fn default_fps() -> u32 {
+    10
+}
+fn default_buffers() -> u32 {
+    4
+}
+fn default_timeout_ms() -> u64 {
+    1000
+}
+
+/// A GPIO line on a chip: its offset, or the name the device tree (or gpio-sim) gives it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum LineSpec {
+    /// Line offset on the chip.
+    Offset(u32),
+    /// Line name, e.g. `GPIO17`.
+    Name(String),
+}
+
+impl fmt::Display for LineSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LineSpec::Offset(n) => write!(f, "{n}"),
+            LineSpec::Name(s) => write!(f, "{s:?}"),
+        }
+    }
 }
 
 fn default_parts() -> u64 {
@@ -76,17 +137,32 @@ pub enum OutputKind {
 pub struct Reject {
     /// Back-end.
     pub output: OutputKind,
-    /// GPIO chip device, e.g. `/dev/gpiochip0`.
+    /// GPIO chip: device path (`/dev/gpiochip0`), name (`gpiochip0`) or label.
     #[serde(default)]
-    pub chip: Option<PathBuf>,
-    /// GPIO line offset on the chip.
+    pub chip: Option<String>,
+    /// GPIO line: offset on the chip, or line name.
     #[serde(default)]
-    pub line: Option<u32>,
+    pub line: Option<LineSpec>,
     /// Wiring.
     #[serde(default)]
     pub polarity: Polarity,
     /// Pulse width in milliseconds.
     pub pulse_ms: u64,
+}
+
+/// Health/ready output: energised while the station inspects (model loaded, camera delivering
+/// frames); it drops when the camera stalls or vanishes and when `anovit` stops, so a PLC can
+/// stop the belt.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// GPIO chip: device path, name or label.
+    pub chip: String,
+    /// GPIO line: offset or name.
+    pub line: LineSpec,
+    /// Drive the line low for "healthy".
+    #[serde(default)]
+    pub active_low: bool,
 }
 
 /// Timing section.
@@ -154,6 +230,9 @@ pub struct BoardProfile {
     pub camera: Camera,
     /// Reject output.
     pub reject: Reject,
+    /// Optional health/ready output.
+    #[serde(default)]
+    pub health: Option<Health>,
     /// Timing.
     pub timing: Timing,
     /// Display.
@@ -196,6 +275,23 @@ impl BoardProfile {
         if !(0.0..=1.0).contains(&c.defect_rate) {
             return Err(format!("`camera.defect_rate` {} must be between 0 and 1", c.defect_rate));
         }
+        if c.source == SourceKind::V4l2 {
+            if c.device.as_deref().is_none_or(str::is_empty) {
+                return Err("`camera.device` (a path such as \"/dev/video0\" or a card name) is required when `camera.source = \"v4l2\"`".into());
+            }
+            if !(16..=8192).contains(&c.width) || !(16..=8192).contains(&c.height) {
+                return Err(format!("`camera.width` x `camera.height` {}x{} must each be 16..8192", c.width, c.height));
+            }
+            if !(1..=1000).contains(&c.fps) {
+                return Err(format!("`camera.fps` {} must be between 1 and 1000", c.fps));
+            }
+            if !(2..=32).contains(&c.buffers) {
+                return Err(format!("`camera.buffers` {} must be between 2 and 32", c.buffers));
+            }
+            if !(10..=60_000).contains(&c.timeout_ms) {
+                return Err(format!("`camera.timeout_ms` {} must be between 10 and 60000", c.timeout_ms));
+            }
+        }
         if !(32..=4096).contains(&c.size) {
             return Err(format!("`camera.size` {} must be between 32 and 4096", c.size));
         }
@@ -225,6 +321,21 @@ impl BoardProfile {
     /// Reject pulse width.
     pub fn pulse(&self) -> Duration {
         Duration::from_millis(self.reject.pulse_ms)
+    }
+
+    /// The V4L2 camera settings (`camera.source = "v4l2"`).
+    #[cfg(feature = "hw-v4l")]
+    pub fn v4l2_config(&self) -> crate::capture::v4l2::V4l2Config {
+        let c = &self.camera;
+        crate::capture::v4l2::V4l2Config {
+            device: c.device.clone().unwrap_or_default(),
+            format: c.format,
+            width: c.width,
+            height: c.height,
+            fps: c.fps,
+            buffers: c.buffers,
+            timeout: Duration::from_millis(c.timeout_ms),
+        }
     }
 
     /// Result deadline.
@@ -259,6 +370,21 @@ kind = "memory"
     }
 
     #[test]
+    fn camera_and_gpio_lines_by_name_or_number() {
+        let text = OK.replace(
+            "source = \"synthetic\"",
+            "source = \"v4l2\"\ndevice = \"HD Pro Webcam\"\nformat = \"mjpeg\"\nwidth = 1280\nheight = 720\nfps = 30",
+        ) + "[health]\nchip = \"pinctrl-bcm2711\"\nline = \"GPIO27\"\nactive_low = true\n";
+        let text = text.replace("output = \"recording\"", "output = \"gpio\"\nchip = \"/dev/gpiochip0\"\nline = 17");
+        let p = BoardProfile::parse(&text).unwrap();
+        assert_eq!((p.camera.source, p.camera.format), (SourceKind::V4l2, Some(CameraFormat::Mjpeg)));
+        assert_eq!((p.camera.width, p.camera.height, p.camera.fps, p.camera.buffers), (1280, 720, 30, 4));
+        assert_eq!(p.reject.line, Some(LineSpec::Offset(17)));
+        let h = p.health.unwrap();
+        assert_eq!((h.line, h.active_low), (LineSpec::Name("GPIO27".into()), true));
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases = [
             (OK.replace("pulse_ms = 40", "pulse_ms = 0"), "reject.pulse_ms"),
@@ -268,6 +394,14 @@ kind = "memory"
             (OK.replace("pulse_ms = 40", "pulse_ms = 40\npulse_width = 3"), "pulse_width"),
             (OK.replace("result_deadline_ms = 500", "result_deadline_ms = 0"), "timing.result_deadline_ms"),
             (OK.replace("[timing]\nresult_deadline_ms = 500\n", ""), "timing"),
+            (OK.replace("source = \"synthetic\"", "source = \"v4l2\""), "camera.device"),
+            (
+                OK.replace("source = \"synthetic\"", "source = \"v4l2\"\ndevice = \"/dev/video0\"\nfps = 0"),
+                "camera.fps",
+            ),
+            (OK.replace("source = \"synthetic\"", "source = \"v4l2\"\ndevice = \"x\"\nformat = \"nv12\""), "nv12"),
+            (OK.replace("source = \"synthetic\"", "source = \"v4l2\"\ndevice = \"x\"\nbuffers = 1"), "camera.buffers"),
+            (format!("{OK}[health]\nchip = \"gpiochip0\"\n"), "line"),
         ];
         for (text, key) in cases {
             let e = BoardProfile::parse(&text).unwrap_err();

@@ -50,10 +50,18 @@ pub enum Error {
     /// A GPIO line could not be set up. Check the chip path, the line number and permissions
     /// (the udev rules in `board/`), and that no other program holds the line.
     Gpio {
-        /// The chip device.
-        chip: PathBuf,
-        /// The line offset.
-        line: u32,
+        /// The chip: device path or label.
+        chip: String,
+        /// The line: offset or name.
+        line: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// The camera could not be opened or does not do what the profile asks. Check the device
+    /// path or name (`anovit camera --list`), the format, size and rate, and permissions.
+    Camera {
+        /// Device path or name from the profile.
+        device: String,
         /// What went wrong.
         why: String,
     },
@@ -70,7 +78,8 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Io { path, source } => write!(f, "cannot read {}: {source}", path.display()),
-            Error::Gpio { chip, line, why } => write!(f, "GPIO line {line} of {}: {why}", chip.display()),
+            Error::Gpio { chip, line, why } => write!(f, "GPIO line {line} of {chip}: {why}"),
+            Error::Camera { device, why } => write!(f, "camera {device}: {why}"),
             Error::Manifest { path, why } => {
                 write!(f, "bad model manifest {}: {why} (re-export the bundle with scripts/export.py)", path.display())
             }

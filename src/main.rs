@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anovit::actuation::{RecordingPin, RejectLine};
+use anovit::actuation::{RecordingPin, RejectLine, StatusLine};
 use anovit::board::{BoardProfile, DisplayKind, OutputKind, SourceKind};
 use anovit::bundle::Bundle;
 use anovit::calibrate::Calibration;
@@ -44,6 +44,10 @@ enum Cmd {
     Calibrate(CalibrateArgs),
     /// Measure a bundle on a labelled data set (MVTec or Magnetic Tile layout).
     Eval(EvalArgs),
+    /// Check a V4L2 camera: list devices, or capture frames with a profile's settings and report
+    /// the format, the rate by driver timestamps and any dropped frames.
+    #[cfg(feature = "hw-v4l")]
+    Camera(CameraArgs),
     /// Compile an ONNX bundle into a plan bundle (tract NNEF) for deploy builds.
     #[cfg(feature = "onnx")]
     Compile(CompileArgs),
@@ -112,6 +116,35 @@ struct EvalArgs {
     dump: bool,
 }
 
+#[cfg(feature = "hw-v4l")]
+#[derive(Args)]
+struct CameraArgs {
+    /// List the V4L2 capture devices with their formats, then stop.
+    #[arg(long)]
+    list: bool,
+    /// Board profile whose `[camera]` settings to use (`camera.source = "v4l2"`).
+    #[arg(long)]
+    board: Option<PathBuf>,
+    /// Device path or card name (overrides the profile).
+    #[arg(long)]
+    device: Option<String>,
+    /// Pixel format: yuyv, rgb24, grey, mjpeg (overrides the profile).
+    #[arg(long)]
+    format: Option<String>,
+    /// Frame size WIDTHxHEIGHT (overrides the profile).
+    #[arg(long)]
+    size: Option<String>,
+    /// Frames per second (overrides the profile).
+    #[arg(long)]
+    fps: Option<u32>,
+    /// Frames to capture.
+    #[arg(long, default_value_t = 50)]
+    frames: u64,
+    /// Save the last frame as a PNG.
+    #[arg(long)]
+    save: Option<PathBuf>,
+}
+
 #[derive(Args, Default)]
 struct RunArgs {
     /// Board profile (TOML). Default: board/host-demo.toml.
@@ -171,6 +204,8 @@ fn main() -> ExitCode {
         Some(Cmd::Synth(a)) => write_synth(&a),
         Some(Cmd::Calibrate(a)) => calibrate(&a),
         Some(Cmd::Eval(a)) => eval(&a),
+        #[cfg(feature = "hw-v4l")]
+        Some(Cmd::Camera(a)) => camera(&a),
         #[cfg(feature = "onnx")]
         Some(Cmd::Compile(a)) => compile(&a),
         None => run(RunArgs::default()),
@@ -215,21 +250,7 @@ fn run(a: RunArgs) -> Result<()> {
     let model = Model::load(&bundle)?;
     log::info!("model loaded and optimised in {} ms", t.elapsed().as_millis());
 
-    let limit = a.parts;
-    let folder =
-        a.folder.as_ref().or(board.camera.folder.as_ref().filter(|_| board.camera.source == SourceKind::Folder));
-    let source: Box<dyn FrameSource> = if let Some(folder) = folder {
-        let src = ReplaySource::open(folder, board.camera.loops && limit.is_some())?;
-        log::info!("replaying {} images from {}", src.len(), folder.display());
-        Box::new(src)
-    } else {
-        let c = &board.camera;
-        let gen = SynthConveyor::new(c.seed, c.size, c.size, c.defect_rate);
-        let count = limit.or((c.parts > 0).then_some(c.parts));
-        let n = count.map_or("endless".to_string(), |n| n.to_string());
-        log::info!("synthetic conveyor: {n} parts, seed {}, defect rate {}", c.seed, c.defect_rate);
-        Box::new(SyntheticSource::new(gen, 0, count))
-    };
+    let source = open_source(&board, &a)?;
     let clock = MonotonicClock::new();
     match board.reject.output {
         OutputKind::Recording => {
@@ -239,12 +260,16 @@ fn run(a: RunArgs) -> Result<()> {
         }
         #[cfg(feature = "hw-gpio")]
         OutputKind::Gpio => {
-            let (chip, n) = (board.reject.chip.as_deref().unwrap_or(Path::new("")), board.reject.line.unwrap_or(0));
+            let (Some(chip), Some(n)) = (board.reject.chip.as_deref(), board.reject.line.as_ref()) else {
+                bail!("board profile {:?}: `reject.chip` and `reject.line` are required for a GPIO reject line", board.name)
+            };
             let idle = anovit::actuation::line_level(false, board.reject.polarity);
-            let pin = anovit::gpio::open_output(chip, n, idle)?;
+            let pin = anovit::gpio::open_output(chip, n, idle, "anovit-reject")?;
+            let pin = anovit::actuation::TimedPin::spawn(pin, board.reject.polarity, board.pulse())
+                .context("cannot start the reject line's timer thread")?;
             let line = RejectLine::new(pin, board.reject.polarity, board.pulse())
-                .with_context(|| format!("cannot drive GPIO line {n} of {}", chip.display()))?;
-            log::info!("reject line: GPIO line {n} of {} ({:?})", chip.display(), board.reject.polarity);
+                .with_context(|| format!("cannot drive GPIO line {n} of {chip}"))?;
+            log::info!("reject line: GPIO line {n} of {chip} ({:?})", board.reject.polarity);
             run_loop(source, model, line, clock, &bundle, &board, &a)
         }
         #[cfg(not(feature = "hw-gpio"))]
@@ -253,6 +278,83 @@ fn run(a: RunArgs) -> Result<()> {
             board.name
         ),
     }
+}
+
+/// A flag set by SIGTERM (systemd stopping the service) or SIGINT (Ctrl-C): the loop finishes
+/// the part in hand, then leaves the lines idle and writes the final summary.
+fn stop_on_signals() -> &'static std::sync::atomic::AtomicBool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    extern "C" fn on_signal(_: libc::c_int) {
+        // Only an atomic store: async-signal-safe.
+        STOP.store(true, Ordering::Relaxed);
+    }
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: installs a handler that only stores to an atomic.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+    &STOP
+}
+
+/// The frame source the profile (or `--folder`) asks for.
+fn open_source(board: &BoardProfile, a: &RunArgs) -> Result<Box<dyn FrameSource>> {
+    let limit = a.parts;
+    let c = &board.camera;
+    let folder = a.folder.as_ref().or(c.folder.as_ref().filter(|_| c.source == SourceKind::Folder));
+    if let Some(folder) = folder {
+        let src = ReplaySource::open(folder, c.loops && limit.is_some())?;
+        log::info!("replaying {} images from {}", src.len(), folder.display());
+        return Ok(Box::new(src));
+    }
+    match c.source {
+        SourceKind::Synthetic | SourceKind::Folder => {
+            let gen = SynthConveyor::new(c.seed, c.size, c.size, c.defect_rate);
+            let count = limit.or((c.parts > 0).then_some(c.parts));
+            let n = count.map_or("endless".to_string(), |n| n.to_string());
+            log::info!("synthetic conveyor: {n} parts, seed {}, defect rate {}", c.seed, c.defect_rate);
+            Ok(Box::new(SyntheticSource::new(gen, 0, count)))
+        }
+        #[cfg(feature = "hw-v4l")]
+        SourceKind::V4l2 => {
+            let src = anovit::capture::v4l2::V4l2Source::open(board.v4l2_config())?;
+            log::info!("camera {}", src.negotiated());
+            Ok(match limit {
+                Some(n) => Box::new(anovit::capture::Limited::new(src, n)),
+                None => Box::new(src),
+            })
+        }
+        #[cfg(not(feature = "hw-v4l"))]
+        SourceKind::V4l2 => bail!(
+            "board profile {:?} asks for a V4L2 camera, but this build has no camera support: rebuild with `--features hw-v4l`",
+            board.name
+        ),
+    }
+}
+
+/// The health/ready line, when the profile has one.
+fn open_health(board: &BoardProfile) -> Result<Option<StatusLine>> {
+    let Some(h) = &board.health else { return Ok(None) };
+    #[cfg(feature = "hw-gpio")]
+    {
+        let off = embedded_hal::digital::PinState::from(h.active_low);
+        let pin = anovit::gpio::open_output(&h.chip, &h.line, off, "anovit-health")?;
+        let line = StatusLine::new(Box::new(pin), h.active_low)
+            .map_err(|e| anyhow::anyhow!("cannot drive health line {} of {}: {e}", h.line, h.chip))?;
+        log::info!(
+            "health line: GPIO line {} of {}{}",
+            h.line,
+            h.chip,
+            if h.active_low { " (active low)" } else { "" }
+        );
+        Ok(Some(line))
+    }
+    #[cfg(not(feature = "hw-gpio"))]
+    bail!(
+        "board profile {:?} has a GPIO health line ({} of {}), but this build has no GPIO support: rebuild with `--features hw-gpio`",
+        board.name,
+        h.line,
+        h.chip
+    )
 }
 
 fn run_loop<P: OutputPin>(
@@ -274,7 +376,12 @@ fn run_loop<P: OutputPin>(
     };
     let display = (board.display.kind == DisplayKind::Memory)
         .then(|| MemoryFramebuffer::new(board.display.width, board.display.height));
-    let outputs = Outputs { display, events, summary_every: Duration::from_secs(board.telemetry.summary_every_s) };
+    let outputs = Outputs {
+        display,
+        events,
+        summary_every: Duration::from_secs(board.telemetry.summary_every_s),
+        health: open_health(board)?,
+    };
     let mut insp = Inspector::new(
         source,
         Preprocessor::new(&m.input),
@@ -288,7 +395,8 @@ fn run_loop<P: OutputPin>(
     let print = !a.quiet && a.events.as_deref() != Some(Path::new("-"));
     let threshold = m.threshold.value;
     let mut out = std::io::stdout().lock();
-    insp.run(|o| {
+    let stop = stop_on_signals();
+    insp.run_until(stop, |o| {
         if print {
             let _ = print_part(&mut out, o, threshold);
         }
@@ -489,6 +597,103 @@ fn print_part(out: &mut impl Write, o: &Outcome, threshold: f32) -> std::io::Res
         write!(out, "  {:<8}{truth}", m.label.as_str())?;
     }
     writeln!(out)
+}
+
+/// `anovit camera`: the same capture path as `run`, without the model.
+#[cfg(feature = "hw-v4l")]
+fn camera(a: &CameraArgs) -> Result<()> {
+    use anovit::capture::convert::CameraFormat;
+    use anovit::capture::v4l2::{list_devices, V4l2Config, V4l2Source};
+    use anovit::clock::Clock;
+
+    if a.list {
+        for d in list_devices() {
+            println!("{d}");
+        }
+        return Ok(());
+    }
+    let mut cfg = match &a.board {
+        Some(p) => BoardProfile::load(p)?.v4l2_config(),
+        None => V4l2Config {
+            device: "/dev/video0".into(),
+            format: None,
+            width: 640,
+            height: 480,
+            fps: 10,
+            buffers: 4,
+            timeout: Duration::from_secs(1),
+        },
+    };
+    if let Some(d) = &a.device {
+        cfg.device.clone_from(d);
+    }
+    if let Some(f) = &a.format {
+        let f: CameraFormat =
+            serde::Deserialize::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(f))
+                .map_err(|_| anyhow::anyhow!("unknown format {f:?}: use yuyv, rgb24, grey or mjpeg"))?;
+        cfg.format = Some(f);
+    }
+    if let Some(s) = &a.size {
+        let (w, h) = s
+            .split_once('x')
+            .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+            .with_context(|| format!("--size {s:?}: expected WIDTHxHEIGHT, e.g. 640x480"))?;
+        (cfg.width, cfg.height) = (w, h);
+    }
+    if let Some(f) = a.fps {
+        cfg.fps = f;
+    }
+    let mut src = V4l2Source::open(cfg)?;
+    println!("camera: {}", src.negotiated());
+    let clock = MonotonicClock::new();
+    let (mut ok, mut corrupt, mut timeouts, mut lost) = (0u64, 0u64, 0u64, 0u64);
+    // (sequence number, timestamp) of the first and last frame.
+    let (mut first, mut last) = (None::<(u64, Duration)>, None::<(u64, Duration)>);
+    let mut backwards = 0u64;
+    for _ in 0..a.frames {
+        match src.next_frame(clock.now()) {
+            Ok(Some(f)) => {
+                ok += 1;
+                let now = (f.meta.seq, f.meta.timestamp);
+                if last.is_some_and(|(s, t)| now.0 <= s || now.1 < t) {
+                    backwards += 1;
+                }
+                first.get_or_insert(now);
+                last = Some(now);
+                if let Some(p) = &a.save {
+                    save_frame(p, f.data, f.meta)?;
+                }
+            }
+            Ok(None) => break,
+            Err(anovit::capture::CaptureError::Corrupt) => corrupt += 1,
+            Err(anovit::capture::CaptureError::Timeout) => timeouts += 1,
+            Err(_) => lost += 1,
+        }
+    }
+    let stats = src.stats();
+    let (s0, t0) = first.unwrap_or_default();
+    let (s1, t1) = last.unwrap_or_default();
+    let secs = (t1 - t0).as_secs_f64();
+    let fps = if ok > 1 && secs > 0.0 { (ok - 1) as f64 / secs } else { 0.0 };
+    println!(
+        "captured {ok} frames: {fps:.2} fps by driver timestamps, sequence {s0}..{s1}, {} dropped, {backwards} out of order, {corrupt} corrupt, {timeouts} timeouts, {lost} lost, {} reopened",
+        stats.dropped, stats.reopened
+    );
+    if let Some(p) = &a.save {
+        println!("last frame saved to {}", p.display());
+    }
+    Ok(())
+}
+
+#[cfg(feature = "hw-v4l")]
+fn save_frame(path: &Path, data: &[u8], m: &anovit::capture::FrameMeta) -> Result<()> {
+    use anovit::capture::PixelFormat;
+    let (w, h) = (m.width as u32, m.height as u32);
+    let r = match m.format {
+        PixelFormat::Rgb8 => image::RgbImage::from_raw(w, h, data.to_vec()).map(|i| i.save(path)),
+        PixelFormat::Gray8 => image::GrayImage::from_raw(w, h, data.to_vec()).map(|i| i.save(path)),
+    };
+    r.context("frame has the wrong size")?.with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn write_synth(a: &SynthArgs) -> Result<()> {

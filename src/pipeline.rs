@@ -5,12 +5,13 @@
 //! fails anywhere still gets exactly one verdict, the safe one, and is counted.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use embedded_hal::digital::OutputPin;
 
-use crate::actuation::RejectLine;
-use crate::capture::FrameSource;
+use crate::actuation::{RejectLine, StatusLine};
+use crate::capture::{CaptureError, FrameSource};
 use crate::clock::Clock;
 use crate::decision::{Decider, Fault};
 use crate::display::{draw_status, MemoryFramebuffer, Status};
@@ -41,11 +42,13 @@ pub struct Outputs {
     pub events: Option<Box<dyn Write + Send>>,
     /// Time between periodic summaries in the log.
     pub summary_every: Duration,
+    /// Health/ready line: on while frames arrive, off while the camera stalls or is gone.
+    pub health: Option<StatusLine>,
 }
 
 impl Default for Outputs {
     fn default() -> Self {
-        Self { display: None, events: None, summary_every: Duration::from_secs(5) }
+        Self { display: None, events: None, summary_every: Duration::from_secs(5), health: None }
     }
 }
 
@@ -114,6 +117,11 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         self.out.display.as_ref()
     }
 
+    /// The health line, when there is one.
+    pub fn health(&self) -> Option<&StatusLine> {
+        self.out.health.as_ref()
+    }
+
     /// The anomaly map of the last scored frame.
     pub fn anomaly_map(&self) -> &[f32] {
         self.scorer.map()
@@ -127,6 +135,11 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         let captured = self.source.next_frame(t0);
         let t1 = self.clock.now();
         times.capture = t1 - t0;
+        let camera_alive = match &captured {
+            Ok(_) | Err(CaptureError::Corrupt) => true,
+            Err(_) => false,
+        };
+        set_health(&mut self.out.health, &mut self.counters, camera_alive);
         let (meta, result) = match captured {
             Ok(None) => return None,
             Err(e) => (None, Err(Fault::Capture(e))),
@@ -158,6 +171,9 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
                 (Some(meta), result)
             }
         };
+        let stats = self.source.stats();
+        self.counters.dropped = stats.dropped;
+        self.counters.camera_reopened = stats.reopened;
         let t4 = self.clock.now();
         let captured_at = meta.as_ref().map_or(t0, |m| m.timestamp);
         let verdict = self.decider.decide(result, captured_at, t4);
@@ -230,7 +246,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         let c = self.counters;
         let [p50, p99] = self.latency.percentiles([50, 99]).unwrap_or([Duration::ZERO; 2]);
         log::info!(
-            "parts {} | OK {} NG {} FAULT {} (capture {}, preprocess {}, inference {}, late {}) | {:.1} fps | latency p50 {:.1} ms p99 {:.1} ms | pulses {}",
+            "parts {} | OK {} NG {} FAULT {} (capture {}, preprocess {}, inference {}, late {}) | {:.1} fps | latency p50 {:.1} ms p99 {:.1} ms | pulses {} | camera dropped {} reopened {}",
             c.frames,
             c.passed,
             c.defects,
@@ -242,14 +258,25 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             fps,
             p50.as_secs_f64() * 1e3,
             p99.as_secs_f64() * 1e3,
-            c.pulses
+            c.pulses,
+            c.dropped,
+            c.camera_reopened
         );
     }
 
     /// Runs until the source ends, calling `on_part` after each part.
-    pub fn run(&mut self, mut on_part: impl FnMut(&Outcome)) {
-        while let Some(o) = self.step() {
-            on_part(&o);
+    pub fn run(&mut self, on_part: impl FnMut(&Outcome)) {
+        self.run_until(&AtomicBool::new(false), on_part);
+    }
+
+    /// Runs until the source ends or `stop` is set (checked between parts, e.g. by a SIGTERM
+    /// handler), calling `on_part` after each part.
+    pub fn run_until(&mut self, stop: &AtomicBool, mut on_part: impl FnMut(&Outcome)) {
+        while !stop.load(Ordering::Relaxed) {
+            match self.step() {
+                Some(o) => on_part(&o),
+                None => break,
+            }
         }
     }
 
@@ -265,7 +292,27 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         }
         let [p50, p99] = self.latency.percentiles([50, 99]).unwrap_or([Duration::ZERO; 2]);
         let pin = self.line.release().ok();
+        if let Some(h) = self.out.health.as_mut() {
+            if h.set(false).is_err() {
+                self.counters.output_errors += 1;
+            }
+        }
         Report { counters: self.counters, p50, p99, pin, display: self.out.display }
+    }
+}
+
+/// Drives the health line; a frame that arrives (even corrupt) shows the camera is alive.
+fn set_health(health: &mut Option<StatusLine>, counters: &mut Counters, alive: bool) {
+    let Some(h) = health.as_mut() else { return };
+    let was_on = h.is_on() == Some(true);
+    match h.set(alive) {
+        Ok(()) if was_on && !alive => {
+            counters.health_drops += 1;
+            log::warn!("health line down: the camera delivers no frames");
+        }
+        Ok(()) if !was_on && alive => log::info!("health line up: inspecting"),
+        Ok(()) => {}
+        Err(_) => counters.output_errors += 1,
     }
 }
 

@@ -145,7 +145,6 @@ impl Preprocessor {
 mod tests {
     use super::*;
     use crate::capture::{FrameMeta, PixelFormat};
-    use std::time::Duration;
 
     fn spec(w: usize, h: usize, roi: Option<[u32; 4]>) -> InputSpec {
         InputSpec {
@@ -168,15 +167,7 @@ mod tests {
     }
 
     fn meta(w: usize, h: usize, format: PixelFormat) -> FrameMeta {
-        FrameMeta {
-            seq: 0,
-            timestamp: Duration::ZERO,
-            width: w,
-            height: h,
-            format,
-            truth: None,
-            label: Default::default(),
-        }
+        FrameMeta::new(w, h, format)
     }
 
     #[test]

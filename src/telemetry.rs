@@ -38,6 +38,12 @@ pub struct Counters {
     pub output_errors: u64,
     /// Event log writes that failed (e.g. disk full); the line keeps running.
     pub log_errors: u64,
+    /// Frames the camera produced but the loop never received (driver sequence gaps).
+    pub dropped: u64,
+    /// Times the camera was reopened after it went away.
+    pub camera_reopened: u64,
+    /// Times the health line went down.
+    pub health_drops: u64,
     /// Frames with known ground truth.
     pub truth_known: u64,
     /// Of those, frames whose verdict matched it (reject for defective, pass for good).

@@ -10,7 +10,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Duration;
 
-use anovit::actuation::{Polarity, RecordingPin, RejectLine};
+use anovit::actuation::{Polarity, RecordingPin, RejectLine, StatusLine};
+use anovit::capture::convert::{convert, CameraFormat};
 use anovit::capture::SyntheticSource;
 use anovit::clock::MonotonicClock;
 use anovit::decision::Decider;
@@ -78,6 +79,7 @@ fn steady_state_loop_allocates_nothing_in_our_code() {
         events: Some(Box::new(std::io::BufWriter::new(std::io::sink()))),
         // Summaries go to the log every frame here, so their cost is measured too.
         summary_every: Duration::ZERO,
+        health: Some(StatusLine::new(Box::new(RecordingPin::<_, 16>::new(clock)), false).unwrap()),
     };
     anovit::logger::init(log::LevelFilter::Off);
     let mut insp = Inspector::new(
@@ -109,4 +111,20 @@ fn steady_state_loop_allocates_nothing_in_our_code() {
     assert!(rejects > 0, "the run should include rejects so that the reject path is measured");
     assert_eq!(ours, 0, "our stages allocated {ours} times in {frames} frames");
     assert!(tract > 0, "the tally must see tract's allocations, or it is not measuring anything");
+}
+
+#[test]
+fn camera_format_conversion_allocates_nothing() {
+    let (w, h) = (640, 480);
+    let mut rgb = vec![0u8; w * h * 3];
+    let mut grey = vec![0u8; w * h];
+    let yuyv: Vec<u8> = (0..w * h * 2).map(|i| (i * 7 % 251) as u8).collect();
+    let rgb_in: Vec<u8> = (0..w * h * 3).map(|i| (i % 253) as u8).collect();
+    let before = OURS.with(Cell::get);
+    for _ in 0..5 {
+        convert(CameraFormat::Yuyv, &yuyv, w, h, w * 2, &mut rgb).unwrap();
+        convert(CameraFormat::Rgb24, &rgb_in, w, h, w * 3, &mut rgb).unwrap();
+        convert(CameraFormat::Grey, &rgb_in[..w * h], w, h, w, &mut grey).unwrap();
+    }
+    assert_eq!(OURS.with(Cell::get) - before, 0, "YUYV/RGB24/GREY conversion allocated");
 }

@@ -144,6 +144,18 @@ fn invalid_board_profile() {
         (good.replace("[display]", "[display]\ncolour = \"red\""), "colour"),
         (good.replace("source = \"synthetic\"", "source = \"folder\""), "camera.folder"),
         ("name = [".to_string(), "invalid board profile"),
+        (
+            good.replace("output = \"recording\"", "output = \"gpio\"\nchip = \"no-such-chip\"\nline = \"reject\""),
+            "GPIO line \"reject\" of no-such-chip: no chip with that name or label",
+        ),
+        (
+            good.replace("source = \"synthetic\"", "source = \"v4l2\"\ndevice = \"/dev/video9\""),
+            if cfg!(feature = "hw-v4l") {
+                "camera /dev/video9: cannot open"
+            } else {
+                "rebuild with `--features hw-v4l`"
+            },
+        ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {
         let p = dir.path().join(format!("b{i}.toml"));

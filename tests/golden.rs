@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use anovit::capture::{Frame, FrameMeta, PixelFormat};
 use anovit::model::Model;
 use anovit::preprocess::Preprocessor;
@@ -45,15 +43,7 @@ fn rust_scores_match_onnxruntime() {
             let (w, h) = (img.width() as usize, img.height() as usize);
             (img.into_raw(), w, h, rel.to_string())
         };
-        let meta = FrameMeta {
-            seq: 0,
-            timestamp: Duration::ZERO,
-            width: w,
-            height: h,
-            format: PixelFormat::Rgb8,
-            truth: None,
-            label: Default::default(),
-        };
+        let meta = FrameMeta::new(w, h, PixelFormat::Rgb8);
         let input = pre.run(&Frame { data: &rgb, meta: &meta }).unwrap().to_vec();
         let recon = model.infer(&input).unwrap();
         let got = scorer.score(&input, recon) as f64;

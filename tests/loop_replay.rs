@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use anovit::actuation::{Edge, Polarity, RecordingPin, RejectLine};
-use anovit::capture::{CaptureError, ReplaySource};
+use anovit::actuation::{Edge, Polarity, RecordingPin, RejectLine, StatusLine};
+use anovit::capture::{CaptureError, Frame, FrameSource, ReplaySource, SourceStats, SyntheticSource};
 use anovit::clock::{Clock, FakeClock};
 use anovit::decision::{Decider, Fault, Verdict};
 use anovit::model::{InferError, Model};
@@ -128,4 +128,78 @@ fn verdicts_and_pulses_follow_the_frames() {
     assert_eq!((c.frames, c.passed, c.defects, c.faults, c.pulses), (9, 4, 3, 2, 5));
     assert_eq!((c.capture_errors, c.late), (1, 1));
     assert_eq!(pin.is_high(), Some(false), "line left idle");
+}
+
+/// Synthetic frames, with capture failures on chosen steps; sequence gaps reported as drops.
+struct Scripted {
+    inner: SyntheticSource,
+    script: Vec<Option<CaptureError>>,
+    at: usize,
+}
+
+impl FrameSource for Scripted {
+    fn next_frame(&mut self, now: Duration) -> Result<Option<Frame<'_>>, CaptureError> {
+        let Some(step) = self.script.get(self.at).copied() else { return Ok(None) };
+        self.at += 1;
+        match step {
+            Some(e) => Err(e),
+            None => self.inner.next_frame(now),
+        }
+    }
+
+    fn max_size(&self) -> (usize, usize) {
+        self.inner.max_size()
+    }
+
+    fn stats(&self) -> SourceStats {
+        SourceStats { dropped: 3 * self.at as u64, timeouts: 0, reopened: 1 }
+    }
+}
+
+/// A perfect reconstruction: every frame that reaches the model passes.
+struct Echo(Vec<f32>);
+
+impl Engine for Echo {
+    fn infer(&mut self, input: &[f32]) -> Result<&[f32], InferError> {
+        self.0.clear();
+        self.0.extend_from_slice(input);
+        Ok(&self.0)
+    }
+}
+
+#[test]
+fn health_line_follows_the_camera_and_faults_reject() {
+    let m = &demo_bundle().manifest;
+    let (t, d, c) = (Some(CaptureError::Timeout), Some(CaptureError::Disconnected), Some(CaptureError::Corrupt));
+    let script = vec![None, None, t, t, None, c, d, d, None];
+    let source = Scripted { inner: SyntheticSource::new(SynthConveyor::new(3, 256, 256, 0.0), 0, None), script, at: 0 };
+    let clock = FakeClock::new();
+    let line = RejectLine::new(RecordingPin::<_, 64>::new(clock.clone()), Polarity::ActiveHigh, PULSE).unwrap();
+    let health = StatusLine::new(Box::new(RecordingPin::<_, 64>::new(clock.clone())), true).unwrap();
+    let outputs = Outputs { health: Some(health), ..Outputs::default() };
+    let mut insp = Inspector::new(
+        source,
+        Preprocessor::new(&m.input),
+        Echo(Vec::new()),
+        Scorer::new(m.input.width(), m.input.height(), &m.scoring),
+        Decider::new(m.threshold.value, DEADLINE),
+        line,
+        clock.clone(),
+        outputs,
+    );
+    let mut states = Vec::new();
+    let mut verdicts = Vec::new();
+    while let Some(o) = insp.step() {
+        clock.advance(STEP);
+        states.push(insp.health().and_then(StatusLine::is_on).unwrap());
+        verdicts.push(o.verdict.label());
+    }
+    // A corrupt frame still shows a live camera; timeouts and a lost device do not.
+    assert_eq!(states, [true, true, false, false, true, true, false, false, true]);
+    assert_eq!(verdicts, ["OK", "OK", "FAULT", "FAULT", "OK", "FAULT", "FAULT", "FAULT", "OK"]);
+    assert_eq!(insp.health().unwrap().changes(), 5, "off->on, then down and up twice");
+    let report = insp.finish();
+    let c = report.counters;
+    assert_eq!((c.health_drops, c.capture_errors, c.pulses), (2, 5, 5));
+    assert_eq!((c.dropped, c.camera_reopened), (27, 1), "the source's own counts reach the counters");
 }

@@ -3,8 +3,11 @@
 //! A source lends one frame at a time, borrowed from buffers it owns (like the v4l crate's
 //! streams), so the steady-state loop copies nothing and allocates nothing.
 
+pub mod convert;
 mod replay;
 mod synthetic;
+#[cfg(feature = "hw-v4l")]
+pub mod v4l2;
 
 use std::fmt;
 use std::time::Duration;
@@ -51,6 +54,13 @@ pub struct FrameMeta {
     pub label: heapless::String<32>,
 }
 
+impl FrameMeta {
+    /// Metadata of a `width` x `height` frame with no sequence number, time or label yet.
+    pub fn new(width: usize, height: usize, format: PixelFormat) -> Self {
+        Self { seq: 0, timestamp: Duration::ZERO, width, height, format, truth: None, label: heapless::String::new() }
+    }
+}
+
 /// A frame lent by a source until its next call.
 #[derive(Debug)]
 pub struct Frame<'a> {
@@ -84,6 +94,17 @@ impl fmt::Display for CaptureError {
 
 impl std::error::Error for CaptureError {}
 
+/// What a source counts about frames the loop never saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    /// Frames the camera produced that were lost before capture (driver sequence gaps).
+    pub dropped: u64,
+    /// Times no frame came within the timeout.
+    pub timeouts: u64,
+    /// Times the device was reopened after it went away.
+    pub reopened: u64,
+}
+
 /// A camera, or anything that stands in for one.
 pub trait FrameSource {
     /// The next frame, `Ok(None)` at the end of a finite source. `now` stamps frames from
@@ -92,6 +113,11 @@ pub trait FrameSource {
 
     /// Largest frame this source can deliver, for sizing buffers at start-up.
     fn max_size(&self) -> (usize, usize);
+
+    /// Counts of frames lost before capture and of device trouble.
+    fn stats(&self) -> SourceStats {
+        SourceStats::default()
+    }
 }
 
 impl<T: FrameSource + ?Sized> FrameSource for Box<T> {
@@ -101,5 +127,41 @@ impl<T: FrameSource + ?Sized> FrameSource for Box<T> {
 
     fn max_size(&self) -> (usize, usize) {
         (**self).max_size()
+    }
+
+    fn stats(&self) -> SourceStats {
+        (**self).stats()
+    }
+}
+
+/// A source that ends after `n` parts (frames or capture faults), for runs of a fixed length
+/// on an endless camera.
+pub struct Limited<S> {
+    inner: S,
+    left: u64,
+}
+
+impl<S: FrameSource> Limited<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, n: u64) -> Self {
+        Self { inner, left: n }
+    }
+}
+
+impl<S: FrameSource> FrameSource for Limited<S> {
+    fn next_frame(&mut self, now: Duration) -> Result<Option<Frame<'_>>, CaptureError> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        self.inner.next_frame(now)
+    }
+
+    fn max_size(&self) -> (usize, usize) {
+        self.inner.max_size()
+    }
+
+    fn stats(&self) -> SourceStats {
+        self.inner.stats()
     }
 }

@@ -115,15 +115,7 @@ impl ReplaySource {
             pixels: vec![0; max.0 * max.1 * 3],
             rgba: vec![0; max.0 * max.1 * 4],
             max,
-            meta: FrameMeta {
-                seq: 0,
-                timestamp: Duration::ZERO,
-                width: 0,
-                height: 0,
-                format: PixelFormat::Rgb8,
-                truth: None,
-                label: heapless::String::new(),
-            },
+            meta: FrameMeta::new(0, 0, PixelFormat::Rgb8),
         })
     }
 

@@ -28,15 +28,7 @@ impl SyntheticSource {
             next: 0,
             rgb: vec![0; w * h * 3],
             mask: vec![0; w * h],
-            meta: FrameMeta {
-                seq: 0,
-                timestamp: Duration::ZERO,
-                width: w,
-                height: h,
-                format: PixelFormat::Rgb8,
-                truth: None,
-                label: heapless::String::new(),
-            },
+            meta: FrameMeta::new(w, h, PixelFormat::Rgb8),
         }
     }
 

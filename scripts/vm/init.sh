@@ -1,0 +1,145 @@
+#!/bin/sh
+# /init of the VM built by scripts/vm-test.sh: loads the real drivers, runs the real `anovit`
+# binary against them and asserts what it must do. Lines starting `vm-check:` are the report;
+# `VM-PASS` / `VM-FAIL` and the isa-debug-exit port carry the verdict out.
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+fails=0
+say() { echo "vm-check: $*"; }
+ok() { say "ok   $*"; }
+bad() { say "FAIL $*"; fails=$((fails + 1)); }
+finish() {
+    if [ "$fails" = 0 ]; then echo "VM-PASS"; v=0; else echo "VM-FAIL ($fails failed)"; v=1; fi
+    # qemu's isa-debug-exit at port 0xf4 (244): qemu exits with (v << 1) | 1.
+    printf "\\$(printf %o $v)" | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null
+    poweroff -f
+}
+# Loads a module and its dependencies in the order modprobe resolved on the host; extra
+# arguments go to the module itself (the last one).
+load() {
+    last=$(tail -n 1 "/lib/modules/$1.order")
+    while read -r ko; do
+        if [ "$ko" = "$last" ]; then insmod "$ko" $2; else insmod "$ko" 2>/dev/null; fi
+    done < "/lib/modules/$1.order"
+}
+# Records every change of the reject and health lines (as gpio-sim sees them while anovit
+# holds them) into $1, until /tmp/stop exists. Shell built-ins only: fast enough for pulses.
+watch_lines() {
+    prev=""
+    while [ ! -e /tmp/stop ]; do
+        read -r r < "$REJECT"
+        read -r h < "$HEALTH"
+        if [ "$r$h" != "$prev" ]; then echo "$r$h" >> "$1"; prev="$r$h"; fi
+    done
+}
+VIVID_ARGS="n_devs=1 node_types=0x1 num_inputs=1 input_types=0x0"
+
+say "kernel $(uname -r), $(nproc) CPUs"
+load configfs
+load vivid "$VIVID_ARGS"
+load gpio-sim
+mount -t configfs none /sys/kernel/config
+[ -e /dev/video0 ] && ok "vivid loaded: /dev/video0" || bad "vivid did not create /dev/video0"
+
+# A gpio-sim chip "anovit-sim" with named lines, like a board's device tree would give.
+g=/sys/kernel/config/gpio-sim/anovit
+mkdir -p $g/bank0
+echo 4 > $g/bank0/num_lines
+echo anovit-sim > $g/bank0/label
+i=0
+for name in reject health trigger spare; do
+    mkdir $g/bank0/line$i && echo $name > $g/bank0/line$i/name
+    i=$((i + 1))
+done
+echo 1 > $g/live
+sim=/sys/devices/platform/$(cat $g/dev_name)/$(cat $g/bank0/chip_name)
+REJECT=$sim/sim_gpio0/value
+HEALTH=$sim/sim_gpio1/value
+[ -e "$REJECT" ] && ok "gpio-sim chip $(cat $g/bank0/chip_name) live" || bad "gpio-sim chip did not come up"
+
+# 1. Capture: YUYV and RGB24 at 640x480, at the rate set (vivid defaults to 5 fps here),
+#    sequence numbers continuous.
+for fmt in yuyv rgb24; do
+    out=$(timeout 120 anovit camera --device vivid --format $fmt --size 640x480 --fps 10 --frames 40 2>&1)
+    echo "$out" | sed 's/^/    /'
+    line=$(echo "$out" | grep '^captured ')
+    set -- $(echo "$line" | sed 's/[^0-9. ]/ /g; s/\.\./ /g')
+    # captured N frames: FPS fps ..., sequence A..B, D dropped, O out of order, C corrupt, T timeouts, L lost
+    if echo "$out" | grep -qi "$fmt 640x480 at 10.00 fps" && [ "$1" = 40 ] && [ $(($4 - $3)) = 39 ] &&
+        [ "$5" = 0 ] && [ "$6" = 0 ] && [ "$7" = 0 ] && [ "$8" = 0 ] && [ "$9" = 0 ] &&
+        awk -v f="$2" 'BEGIN { exit !(f > 9.5 && f < 10.5) }'; then
+        ok "capture $fmt 640x480: 40 frames, $2 fps by driver timestamps (10 set), sequence $3..$4 continuous"
+    else
+        bad "capture $fmt 640x480: $line"
+    fi
+done
+
+# 2. The inspection loop on vivid frames: every reject verdict is one pulse on the reject line,
+#    read back through gpio-sim while anovit holds the line; no pulse without a reject.
+rm -f /tmp/stop /tmp/lines1
+watch_lines /tmp/lines1 &
+w=$!
+timeout 300 anovit run --board /etc/vivid.toml --model /models/demo-f32 --parts 4 --events /tmp/ev1.jsonl -q > /tmp/run1.log 2>&1
+rc=$?
+touch /tmp/stop; wait $w
+sed 's/^/    /' /tmp/run1.log | tail -n 4
+parts=$(grep -c '"verdict"' /tmp/ev1.jsonl)
+rejects=$(grep -c '"verdict":"\(NG\|FAULT\)"' /tmp/ev1.jsonl)
+pulses=$(awk 'substr($0, 1, 1) == "1" && p != "1" { n++ } { p = substr($0, 1, 1) } END { print n + 0 }' /tmp/lines1)
+if [ $rc = 0 ] && [ "$parts" = 4 ] && [ "$rejects" = "$pulses" ]; then
+    ok "loop on vivid: 4 parts, $rejects reject verdicts, $pulses reject pulses seen on gpio-sim"
+else
+    bad "loop on vivid: exit $rc, $parts parts, $rejects reject verdicts, $pulses pulses (lines: $(tr '\n' ' ' < /tmp/lines1))"
+fi
+
+# 3. Health: up while frames arrive, down when the camera stalls (vivid drops every buffer) or
+#    vanishes (vivid's disconnect: the node goes away like an unplugged USB camera, and comes
+#    back once its last user closes it), up again after recovery (anovit reopens it by name).
+#    Judged on the recorded line changes, so that short drops are not missed.
+rm -f /tmp/stop
+watch_lines /tmp/lines2 &
+w=$!
+anovit run --board /etc/vivid.toml --model /models/demo-f32 --events /tmp/ev2.jsonl -q > /tmp/run2.log 2>&1 &
+a=$!
+mark() { echo "#$1" >> /tmp/lines2; }
+# Waits up to $3 s for the health line to read $2 in a change recorded after marker $1.
+seen() {
+    n=0
+    until awk -v m="#$1" -v v="$2" '$0 == m { f = 1; next } f && substr($0, 2, 1) == v { hit = 1 } END { exit !hit }' /tmp/lines2; do
+        n=$((n + 1)); [ $n -gt $(($3 * 5)) ] && return 1; sleep 0.2
+    done
+}
+step() { if seen "$1" "$2" "$3"; then ok "health $2 after $1"; else bad "health not $2 within $3 s after $1"; fi; }
+mark start
+step start 1 180
+mark stall
+v4l2-ctl -d /dev/video0 --set-ctrl percentage_of_dropped_buffers=100
+step stall 0 60
+mark resume
+v4l2-ctl -d /dev/video0 --set-ctrl percentage_of_dropped_buffers=0
+step resume 1 60
+mark disconnect
+v4l2-ctl -d /dev/video0 --set-ctrl disconnect=1
+step disconnect 0 60
+mark reconnect
+step reconnect 1 60
+# SIGTERM (how systemd stops the service): the part in hand is finished, then the lines go idle.
+mark stop
+kill -TERM $a
+wait $a
+rc=$?
+touch /tmp/stop; wait $w
+grep -E "health line|back|closing" /tmp/run2.log | sed 's/^/    /' | tail -n 8
+echo "    health/reject changes: $(tr '\n' ' ' < /tmp/lines2)"
+final=$(grep 'camera dropped' /tmp/run2.log | tail -n 1)
+echo "    $final"
+if [ $rc = 0 ] && echo "$final" | grep -q 'reopened 1$' && [ "$(tail -n 1 /tmp/lines2)" = 00 ]; then
+    ok "SIGTERM: clean exit, final summary counts the reopen, reject idle and health down"
+else
+    bad "SIGTERM: exit $rc, last lines $(tail -n 1 /tmp/lines2), summary: $final"
+fi
+
+finish
