@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The hardware stage: runs the real `anovit` binary in a small qemu VM against real kernel
 # drivers behind the real uAPIs: `vivid` (V4L2 virtual camera), `gpio-sim` (simulated GPIO chip,
-# built here out of tree). The checks themselves
+# built here out of tree) and `v4l2loopback` (chosen images fed through V4L2). The checks themselves
 # are in scripts/vm/init.sh (the VM's /init); this script builds what they need from Debian
 # packages, boots the VM under TCG and turns its verdict into the exit status.
 #
@@ -40,16 +40,17 @@ kroot=$work/kernel-$kver
 if [ ! -f "$kroot/boot/vmlinuz-$kver" ]; then
     say "fetching linux-image-$kver $debver"
     rm -rf "$kroot" && mkdir -p "$kroot/debs"
-    (cd "$kroot/debs" && timeout 300 apt-get download -q "linux-image-$kver=$debver" "linux-source-${kver%%.0-*}=$debver" 2>&1 | grep -v "^W: Download is performed unsandboxed" || true)
+    (cd "$kroot/debs" && timeout 300 apt-get download -q "linux-image-$kver=$debver" "linux-source-${kver%%.0-*}=$debver" v4l2loopback-dkms 2>&1 | grep -v "^W: Download is performed unsandboxed" || true)
     dpkg-deb -x "$kroot"/debs/linux-image-*.deb "$kroot"
 fi
 [ -f "$kroot/boot/vmlinuz-$kver" ] || { echo "vm stage: no kernel image for $kver" >&2; exit 1; }
 
-# 3. gpio-sim, built out of tree against the headers (no Debian kernel builds it).
+# 3. Out-of-tree modules against the headers: gpio-sim (no Debian kernel builds it) and
+#    v4l2loopback (Debian ships it as DKMS source).
 mods=$work/modules-$kver
-if [ ! -f "$mods/gpio-sim.ko" ]; then
-    say "building gpio-sim for $kver"
-    rm -rf "$mods" && mkdir -p "$mods/src" "$mods/gpio-sim"
+if [ ! -f "$mods/gpio-sim.ko" ] || [ ! -f "$mods/v4l2loopback.ko" ]; then
+    say "building gpio-sim and v4l2loopback for $kver"
+    rm -rf "$mods" && mkdir -p "$mods/src" "$mods/gpio-sim" "$mods/loop"
     srcdeb=$(ls "$kroot"/debs/linux-source-*.deb)
     dpkg-deb --fsys-tarfile "$srcdeb" | tar -x -C "$mods/src" --wildcards '*.tar.xz'
     tarball=$(ls "$mods"/src/usr/src/linux-source-*.tar.xz)
@@ -61,9 +62,14 @@ if [ ! -f "$mods/gpio-sim.ko" ]; then
     grep -q 'generic_handle_irq(irqnum)' "$mods/gpio-sim/irq_sim.c" || { echo "vm stage: irq_sim.c patch did not apply" >&2; exit 1; }
     printf 'obj-m := gpio-sim.o\ngpio-sim-y := gpio-sim-core.o irq_sim.o\n' > "$mods/gpio-sim/Kbuild"
     mv "$mods/gpio-sim/gpio-sim.c" "$mods/gpio-sim/gpio-sim-core.c"
-    timeout 300 make -s -C "/usr/src/linux-headers-$kver" M="$mods/gpio-sim" modules >"$mods/build.log" 2>&1 ||
-        { cat "$mods/build.log"; echo "vm stage: building gpio-sim failed" >&2; exit 1; }
-    cp "$mods/gpio-sim/gpio-sim.ko" "$mods/"
+    dpkg-deb -x "$kroot"/debs/v4l2loopback-dkms_*.deb "$mods/src"
+    cp "$mods"/src/usr/src/v4l2loopback-*/*.[ch] "$mods/loop/"
+    echo 'obj-m := v4l2loopback.o' > "$mods/loop/Kbuild"
+    for d in gpio-sim loop; do
+        timeout 300 make -s -C "/usr/src/linux-headers-$kver" M="$mods/$d" modules >"$mods/$d.log" 2>&1 ||
+            { cat "$mods/$d.log"; echo "vm stage: building $d failed" >&2; exit 1; }
+    done
+    cp "$mods/gpio-sim/gpio-sim.ko" "$mods/loop/v4l2loopback.ko" "$mods/"
     rm -rf "$mods/src"
 fi
 
@@ -76,7 +82,7 @@ bin=$root/target/release/anovit
 # 5. The VM's root file system.
 say "assembling the initramfs"
 rootfs=$work/rootfs
-rm -rf "$rootfs" && mkdir -p "$rootfs"/{bin,etc,proc,sys,dev,tmp,models,lib/modules}
+rm -rf "$rootfs" && mkdir -p "$rootfs"/{bin,etc,proc,sys,dev,tmp,models,data,lib/modules}
 cp /bin/busybox "$rootfs/bin/busybox"
 for t in $("$rootfs/bin/busybox" --list); do [ "$t" = busybox ] || ln -sf busybox "$rootfs/bin/$t"; done
 objcopy --strip-debug "$bin" "$rootfs/bin/anovit"
@@ -87,9 +93,9 @@ for b in "$bin" "$(command -v v4l2-ctl)"; do
     done
 done
 # Modules: the kernel's own tree plus ours, resolved with their dependencies in load order.
-mkdir -p "$kroot/lib/modules/$kver/extra" && cp "$mods/gpio-sim.ko" "$kroot/lib/modules/$kver/extra/"
+mkdir -p "$kroot/lib/modules/$kver/extra" && cp "$mods/gpio-sim.ko" "$mods/v4l2loopback.ko" "$kroot/lib/modules/$kver/extra/"
 depmod -b "$kroot" "$kver"
-for m in configfs vivid gpio-sim; do
+for m in configfs vivid gpio-sim v4l2loopback; do
     modprobe -d "$kroot" -S "$kver" --show-depends "$m" | awk '$1 == "insmod" {print $2}' > "$rootfs/lib/modules/$m.order"
     while read -r ko; do
         dest="$rootfs/lib/modules/${ko#"$kroot"/lib/modules/}"
@@ -100,6 +106,13 @@ done
 cp -r models/demo-f32 "$rootfs/models/"
 cp scripts/vm/*.toml "$rootfs/etc/"
 install -m 755 scripts/vm/init.sh "$rootfs/init"
+# Known parts for the feeding check: good and defective synthetic parts the model never saw, and
+# the verdicts and scores the image-folder source gives them (same binary, same model).
+timeout 120 "$bin" synth --out "$work/synth" --seed 99 --train 0 --test-good 2 --test-per-defect 1 --size 256 >/dev/null
+mkdir -p "$rootfs/data/feed"
+for d in good scratch hole; do cp -r "$work/synth/test/$d" "$rootfs/data/feed/"; done
+(cd "$rootfs" && find data/feed -name '*.png' | sort | sed 's|^|/|') > "$rootfs/data/feed.list"
+timeout 120 "$bin" run --folder "$rootfs/data/feed" --model models/demo-f32 --events "$rootfs/data/feed-folder.jsonl" -q >/dev/null
 (cd "$rootfs" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/initramfs.gz"
 say "initramfs $(du -h "$work/initramfs.gz" | cut -f1), prepared in $(( $(date +%s) - start )) s"
 

@@ -50,12 +50,11 @@ impl<P: OutputPin> RejectLine<P> {
         Ok(Self { pin, polarity, width, release_at: None, pulses: 0 })
     }
 
-    /// Starts a reject pulse now. A pulse still active is ended first, so that every reject
-    /// shows as its own edge.
+    /// Starts a reject pulse now. A reject while a pulse is on extends it to a full width from
+    /// now: the ejector stays on for both parts (a dip of microseconds between them would be
+    /// invisible to an air valve and to a PLC input filter, so none is made).
     pub fn fire(&mut self, now: Duration) -> Result<(), P::Error> {
-        if self.release_at.is_some() {
-            self.pin.set_state(line_level(false, self.polarity))?;
-        }
+        // Written even when already on: a timed output restarts its own timer on it.
         self.pin.set_state(line_level(true, self.polarity))?;
         self.release_at = Some(now + self.width);
         self.pulses += 1;
@@ -69,6 +68,11 @@ impl<P: OutputPin> RejectLine<P> {
             self.release_at = None;
         }
         Ok(())
+    }
+
+    /// Time left of the active pulse, if any.
+    pub fn remaining(&self, now: Duration) -> Option<Duration> {
+        self.release_at.map(|t| t.saturating_sub(now))
     }
 
     /// Whether a pulse is active.
@@ -344,7 +348,7 @@ mod tests {
     }
 
     #[test]
-    fn back_to_back_rejects_give_separate_edges_and_good_energised_idles_high() {
+    fn back_to_back_rejects_extend_the_pulse_and_good_energised_idles_high() {
         let clock = FakeClock::new();
         let pin: RecordingPin<_, 16> = RecordingPin::new(clock.clone());
         let mut line = RejectLine::new(pin, Polarity::GoodEnergised, 30 * MS).unwrap();
@@ -352,8 +356,14 @@ mod tests {
         line.fire(clock.now()).unwrap();
         clock.advance(5 * MS);
         line.fire(clock.now()).unwrap();
-        assert_eq!(line.pulses(), 2);
-        assert_eq!(line.pin().changes(), 4);
+        assert_eq!(line.pulses(), 2, "both rejects are counted");
+        assert_eq!(line.pin().changes(), 2, "one pulse: idle -> reject, no dip between the parts");
+        clock.advance(29 * MS);
+        line.poll(clock.now()).unwrap();
+        assert!(line.is_active(), "the second reject restarted the width");
+        clock.advance(MS);
+        line.poll(clock.now()).unwrap();
+        assert!(!line.is_active());
         let pin = line.release().unwrap();
         assert_eq!(pin.is_high(), Some(true));
     }

@@ -48,6 +48,10 @@ enum Cmd {
     /// the format, the rate by driver timestamps and any dropped frames.
     #[cfg(feature = "hw-v4l")]
     Camera(CameraArgs),
+    /// Play images into a V4L2 output device (a v4l2loopback virtual camera) at a steady rate,
+    /// so that chosen parts travel the real capture path: dry runs at commissioning, tests.
+    #[cfg(feature = "hw-v4l")]
+    Feed(FeedArgs),
     /// Compile an ONNX bundle into a plan bundle (tract NNEF) for deploy builds.
     #[cfg(feature = "onnx")]
     Compile(CompileArgs),
@@ -114,6 +118,27 @@ struct EvalArgs {
     /// Also write the anomaly maps and masks as .npy files (for cross-checks).
     #[arg(long)]
     dump: bool,
+}
+
+#[cfg(feature = "hw-v4l")]
+#[derive(Args)]
+struct FeedArgs {
+    /// Output device, e.g. /dev/video9 (`modprobe v4l2loopback video_nr=9`).
+    #[arg(long)]
+    device: PathBuf,
+    /// Images to play (PNG/JPEG, all of one size), or a folder of them (sub-folders included,
+    /// in the order `run --folder` replays them).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Frames per second.
+    #[arg(long, default_value_t = 5)]
+    fps: u32,
+    /// Frames per image before the next one.
+    #[arg(long, default_value_t = 1)]
+    repeat: u64,
+    /// Frames in all, cycling through the images; 0 = until stopped (SIGTERM, Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    frames: u64,
 }
 
 #[cfg(feature = "hw-v4l")]
@@ -206,6 +231,8 @@ fn main() -> ExitCode {
         Some(Cmd::Eval(a)) => eval(&a),
         #[cfg(feature = "hw-v4l")]
         Some(Cmd::Camera(a)) => camera(&a),
+        #[cfg(feature = "hw-v4l")]
+        Some(Cmd::Feed(a)) => feed(&a),
         #[cfg(feature = "onnx")]
         Some(Cmd::Compile(a)) => compile(&a),
         None => run(RunArgs::default()),
@@ -682,6 +709,33 @@ fn camera(a: &CameraArgs) -> Result<()> {
     if let Some(p) = &a.save {
         println!("last frame saved to {}", p.display());
     }
+    Ok(())
+}
+
+/// `anovit feed`: images into a V4L2 output device.
+#[cfg(feature = "hw-v4l")]
+fn feed(a: &FeedArgs) -> Result<()> {
+    use anovit::capture::feed::{load_frames, Feeder};
+    let mut paths = Vec::new();
+    for p in &a.images {
+        if p.is_dir() {
+            paths.extend(ReplaySource::open(p, false)?.paths().map(Path::to_path_buf));
+        } else {
+            paths.push(p.clone());
+        }
+    }
+    let (w, h, frames) = load_frames(&paths).map_err(anyhow::Error::msg)?;
+    let mut out = Feeder::open(&a.device, w, h, a.fps).map_err(anyhow::Error::msg)?;
+    log::info!("feeding {} images ({w}x{h} RGB24) into {} at {} fps", frames.len(), a.device.display(), a.fps);
+    let stop = stop_on_signals();
+    let repeat = a.repeat.max(1);
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && (a.frames == 0 || n < a.frames) {
+        let i = ((n / repeat) % frames.len() as u64) as usize;
+        out.write(&frames[i]).map_err(anyhow::Error::msg)?;
+        n += 1;
+    }
+    println!("fed {n} frames");
     Ok(())
 }
 

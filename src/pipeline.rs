@@ -291,6 +291,10 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             }
         }
         let [p50, p99] = self.latency.percentiles([50, 99]).unwrap_or([Duration::ZERO; 2]);
+        // Cutting the last reject pulse short could let its part pass the ejector.
+        if let Some(left) = self.line.remaining(self.clock.now()) {
+            std::thread::sleep(left);
+        }
         let pin = self.line.release().ok();
         if let Some(h) = self.out.health.as_mut() {
             if h.set(false).is_err() {

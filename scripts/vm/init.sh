@@ -60,9 +60,9 @@ REJECT=$sim/sim_gpio0/value
 HEALTH=$sim/sim_gpio1/value
 [ -e "$REJECT" ] && ok "gpio-sim chip $(cat $g/bank0/chip_name) live" || bad "gpio-sim chip did not come up"
 
-# 1. Capture: YUYV and RGB24 at 640x480, at the rate set (vivid defaults to 5 fps here),
+# 1. Capture: YUYV, RGB24 and GREY at 640x480, at the rate set (vivid defaults to 5 fps here),
 #    sequence numbers continuous.
-for fmt in yuyv rgb24; do
+for fmt in yuyv rgb24 grey; do
     out=$(timeout 120 anovit camera --device vivid --format $fmt --size 640x480 --fps 10 --frames 40 2>&1)
     echo "$out" | sed 's/^/    /'
     line=$(echo "$out" | grep '^captured ')
@@ -77,28 +77,13 @@ for fmt in yuyv rgb24; do
     fi
 done
 
-# 2. The inspection loop on vivid frames: every reject verdict is one pulse on the reject line,
-#    read back through gpio-sim while anovit holds the line; no pulse without a reject.
-rm -f /tmp/stop /tmp/lines1
-watch_lines /tmp/lines1 &
-w=$!
-timeout 300 anovit run --board /etc/vivid.toml --model /models/demo-f32 --parts 4 --events /tmp/ev1.jsonl -q > /tmp/run1.log 2>&1
-rc=$?
-touch /tmp/stop; wait $w
-sed 's/^/    /' /tmp/run1.log | tail -n 4
-parts=$(grep -c '"verdict"' /tmp/ev1.jsonl)
-rejects=$(grep -c '"verdict":"\(NG\|FAULT\)"' /tmp/ev1.jsonl)
-pulses=$(awk 'substr($0, 1, 1) == "1" && p != "1" { n++ } { p = substr($0, 1, 1) } END { print n + 0 }' /tmp/lines1)
-if [ $rc = 0 ] && [ "$parts" = 4 ] && [ "$rejects" = "$pulses" ]; then
-    ok "loop on vivid: 4 parts, $rejects reject verdicts, $pulses reject pulses seen on gpio-sim"
-else
-    bad "loop on vivid: exit $rc, $parts parts, $rejects reject verdicts, $pulses pulses (lines: $(tr '\n' ' ' < /tmp/lines1))"
-fi
-
-# 3. Health: up while frames arrive, down when the camera stalls (vivid drops every buffer) or
-#    vanishes (vivid's disconnect: the node goes away like an unplugged USB camera, and comes
-#    back once its last user closes it), up again after recovery (anovit reopens it by name).
-#    Judged on the recorded line changes, so that short drops are not missed.
+# 2. The inspection loop on vivid frames, with the lines read back through gpio-sim's sysfs while
+#    anovit holds them. Health: up while frames arrive, down when the camera stalls (vivid drops
+#    every buffer) or vanishes (vivid's disconnect: the node goes away like an unplugged USB
+#    camera, and comes back once its last user closes it), up again after recovery (anovit
+#    reopens it by name); judged on the recorded changes, so that short drops are not missed.
+#    Reject: one pulse per reject verdict in the event log (NG, and FAULT while the camera is
+#    stalled or gone), no pulse without one.
 rm -f /tmp/stop
 watch_lines /tmp/lines2 &
 w=$!
@@ -134,6 +119,18 @@ rc=$?
 touch /tmp/stop; wait $w
 grep -E "health line|back|closing" /tmp/run2.log | sed 's/^/    /' | tail -n 8
 echo "    health/reject changes: $(tr '\n' ' ' < /tmp/lines2)"
+rejects=$(grep -c '"verdict":"\(NG\|FAULT\)"' /tmp/ev2.jsonl)
+parts=$(grep -c '"verdict"' /tmp/ev2.jsonl)
+pulses=$(awk '/^#/ { next } substr($0, 1, 1) == "1" && p != "1" { n++ } { p = substr($0, 1, 1) } END { print n + 0 }' /tmp/lines2)
+# A reject decided while the previous pulse (100 ms) is still on extends it: one visible pulse.
+want=$(sed -n 's/.*"decided_us":\([0-9]*\),.*"verdict":"\(NG\|FAULT\)".*/\1/p' /tmp/ev2.jsonl |
+    awk 'NR == 1 || $1 - last > 100000 { n++ } { last = $1 } END { print n + 0 }')
+echo "    reject decisions (ms): $(sed -n 's/.*"decided_us":\([0-9]*\),.*"verdict":"\([A-Z]*\)".*/\1 \2/p' /tmp/ev2.jsonl | awk '{ printf "%s%.0f %s", (NR > 1 ? ", " : ""), $1 / 1000, $2 }')"
+if [ "$parts" -gt 0 ] && [ "$want" = "$pulses" ]; then
+    ok "reject line: $parts parts, $rejects reject verdicts, $pulses pulses seen on gpio-sim ($want expected from the decision times)"
+else
+    bad "reject line: $parts parts, $rejects reject verdicts, $pulses pulses seen on gpio-sim, $want expected from the decision times"
+fi
 final=$(grep 'camera dropped' /tmp/run2.log | tail -n 1)
 echo "    $final"
 if [ $rc = 0 ] && echo "$final" | grep -q 'reopened 1$' && [ "$(tail -n 1 /tmp/lines2)" = 00 ]; then
@@ -141,5 +138,39 @@ if [ $rc = 0 ] && echo "$final" | grep -q 'reopened 1$' && [ "$(tail -n 1 /tmp/l
 else
     bad "SIGTERM: exit $rc, last lines $(tail -n 1 /tmp/lines2), summary: $final"
 fi
+
+# 3. Chosen images through the real V4L2 path: `anovit feed` plays each into a v4l2loopback
+#    device, `anovit run` inspects one frame of it; verdict and score must equal those of the
+#    image-folder source for the same file (computed on the host by the same binary), and the
+#    gpio-sim reject line must pulse once for NG and stay still for OK.
+load v4l2loopback "devices=1 video_nr=9 card_label=anovit-feed"
+verdict() { echo "$1" | sed -n 's/.*"verdict":"\([A-Z]*\)".*/\1/p'; }
+score() { echo "$1" | sed -n 's/.*"decided_us":[0-9]*,"score":\([^,]*\),.*/\1/p'; }
+i=0
+rm -f /tmp/stop /tmp/lines3
+watch_lines /tmp/lines3 &
+w=$!
+while read -r img; do
+    i=$((i + 1))
+    echo "#$i" >> /tmp/lines3
+    anovit feed --device /dev/video9 --fps 5 "$img" < /dev/null > /tmp/feed$i.log 2>&1 &
+    f=$!
+    timeout 120 anovit run --board /etc/loopback.toml --model /models/demo-f32 --parts 1 --events /tmp/fed$i.jsonl -q < /dev/null > /tmp/fedrun$i.log 2>&1
+    kill -TERM $f; wait $f
+    want=$(sed -n "${i}p" /data/feed-folder.jsonl)
+    got=$(cat /tmp/fed$i.jsonl)
+    wv=$(verdict "$want"); gv=$(verdict "$got"); ws=$(score "$want"); gs=$(score "$got")
+    sleep 0.3 # the watcher catches up
+    pulses=$(awk -v m="#$i" '$0 == m { f = 1; next } /^#/ { f = 0 } f && substr($0, 1, 1) == "1" && p != "1" { n++ } { p = substr($0, 1, 1) } END { print n + 0 }' /tmp/lines3)
+    case $gv in NG) wp=1 ;; *) wp=0 ;; esac
+    if [ -n "$gv" ] && [ "$wv" = "$gv" ] && [ "$pulses" = "$wp" ] && awk -v a="$ws" -v b="$gs" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-4 * (a < 0 ? -a : a) + 1e-9) }'; then
+        ok "fed $(basename "$(dirname "$img")")/$(basename "$img"): $gv, score $gs (folder source: $wv, $ws), $pulses reject pulse(s) on gpio-sim"
+    else
+        bad "fed $img: got $gv score $gs, folder source $wv score $ws, $pulses reject pulse(s) on gpio-sim"
+        sed 's/^/    /' /tmp/fedrun$i.log /tmp/feed$i.log | tail -n 6
+    fi
+done < /data/feed.list
+touch /tmp/stop; wait $w
+[ "$i" = 4 ] || bad "fed $i images, expected 4"
 
 finish

@@ -4,6 +4,8 @@
 //! streams), so the steady-state loop copies nothing and allocates nothing.
 
 pub mod convert;
+#[cfg(feature = "hw-v4l")]
+pub mod feed;
 mod replay;
 mod synthetic;
 #[cfg(feature = "hw-v4l")]

@@ -88,6 +88,11 @@ impl ReplaySource {
         Self::with_entries(entries, loops)
     }
 
+    /// The files in replay order.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.entries.iter().map(|e| e.path.as_path())
+    }
+
     /// Plays the given files in this order, each with its truth (`Some(true)` = defective) and
     /// label; for data sets whose layout is not a folder tree (see [`crate::dataset`]).
     pub fn from_files<'a>(files: impl IntoIterator<Item = (PathBuf, Option<bool>, &'a str)>) -> Result<Self> {
