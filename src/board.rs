@@ -150,6 +150,35 @@ pub struct Reject {
     pub pulse_ms: u64,
 }
 
+/// Which edges of an input count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Edges {
+    /// Low to high.
+    #[default]
+    Rising,
+    /// High to low.
+    Falling,
+    /// Both.
+    Both,
+}
+
+/// A GPIO input with edge events: the part-present trigger or the belt encoder.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    /// GPIO chip: device path, name or label.
+    pub chip: String,
+    /// GPIO line: offset or name.
+    pub line: LineSpec,
+    /// Edges that count.
+    #[serde(default)]
+    pub edge: Edges,
+    /// Trigger only: time from the edge until the part is in view, in milliseconds.
+    #[serde(default)]
+    pub delay_ms: u64,
+}
+
 /// Health/ready output: energised while the station inspects (model loaded, camera delivering
 /// frames); it drops when the camera stalls or vanishes and when `anovit` stops, so a PLC can
 /// stop the belt.
@@ -233,6 +262,12 @@ pub struct BoardProfile {
     /// Optional health/ready output.
     #[serde(default)]
     pub health: Option<Health>,
+    /// Optional part-present trigger (V4L2 cameras): one part per edge, instead of one per frame.
+    #[serde(default)]
+    pub trigger: Option<Input>,
+    /// Optional belt encoder input: its edges are counted (reported in the summaries).
+    #[serde(default)]
+    pub encoder: Option<Input>,
     /// Timing.
     pub timing: Timing,
     /// Display.
@@ -311,6 +346,17 @@ impl BoardProfile {
         let d = &self.display;
         if d.kind != DisplayKind::None && (!(64..=4096).contains(&d.width) || !(64..=4096).contains(&d.height)) {
             return Err(format!("`display.width` x `display.height` {}x{} must each be 64..4096", d.width, d.height));
+        }
+        if let Some(t) = &self.trigger {
+            if c.source != SourceKind::V4l2 {
+                return Err("`[trigger]` needs a camera: `camera.source = \"v4l2\"`".into());
+            }
+            if t.delay_ms > 10_000 {
+                return Err(format!("`trigger.delay_ms` {} must be at most 10000", t.delay_ms));
+            }
+        }
+        if self.encoder.as_ref().is_some_and(|e| e.delay_ms != 0) {
+            return Err("`encoder.delay_ms` has no meaning: remove it".into());
         }
         if self.telemetry.summary_every_s == 0 {
             return Err("`telemetry.summary_every_s` must be at least 1".into());
@@ -402,6 +448,8 @@ kind = "memory"
             (OK.replace("source = \"synthetic\"", "source = \"v4l2\"\ndevice = \"x\"\nformat = \"nv12\""), "nv12"),
             (OK.replace("source = \"synthetic\"", "source = \"v4l2\"\ndevice = \"x\"\nbuffers = 1"), "camera.buffers"),
             (format!("{OK}[health]\nchip = \"gpiochip0\"\n"), "line"),
+            (format!("{OK}[trigger]\nchip = \"gpiochip0\"\nline = 4\n"), "`[trigger]` needs a camera"),
+            (format!("{OK}[encoder]\nchip = \"gpiochip0\"\nline = 5\nedge = \"up\"\n"), "up"),
         ];
         for (text, key) in cases {
             let e = BoardProfile::parse(&text).unwrap_err();

@@ -343,8 +343,12 @@ fn open_source(board: &BoardProfile, a: &RunArgs) -> Result<Box<dyn FrameSource>
         }
         #[cfg(feature = "hw-v4l")]
         SourceKind::V4l2 => {
-            let src = anovit::capture::v4l2::V4l2Source::open(board.v4l2_config())?;
+            let mut src = anovit::capture::v4l2::V4l2Source::open(board.v4l2_config())?;
             log::info!("camera {}", src.negotiated());
+            if let Some(t) = &board.trigger {
+                src = src.with_trigger(open_trigger(board, t)?, Duration::from_millis(t.delay_ms));
+                log::info!("one part per {:?} edge of trigger line {} of {}, {} ms to view", t.edge, t.line, t.chip, t.delay_ms);
+            }
             Ok(match limit {
                 Some(n) => Box::new(anovit::capture::Limited::new(src, n)),
                 None => Box::new(src),
@@ -356,6 +360,42 @@ fn open_source(board: &BoardProfile, a: &RunArgs) -> Result<Box<dyn FrameSource>
             board.name
         ),
     }
+}
+
+/// The part-present trigger input.
+#[cfg(feature = "hw-v4l")]
+fn open_trigger(board: &BoardProfile, t: &anovit::board::Input) -> Result<Box<dyn anovit::capture::Trigger>> {
+    #[cfg(feature = "hw-gpio")]
+    {
+        let _ = board;
+        Ok(Box::new(anovit::gpio::EdgeInput::open(&t.chip, &t.line, t.edge, "anovit-trigger")?))
+    }
+    #[cfg(not(feature = "hw-gpio"))]
+    bail!(
+        "board profile {:?} has a GPIO trigger ({} of {}), but this build has no GPIO support: rebuild with `--features hw-gpio`",
+        board.name,
+        t.line,
+        t.chip
+    )
+}
+
+/// The encoder's running edge count, when the profile has an encoder input.
+fn open_encoder(board: &BoardProfile) -> Result<Option<std::sync::Arc<std::sync::atomic::AtomicU64>>> {
+    let Some(e) = &board.encoder else { return Ok(None) };
+    #[cfg(feature = "hw-gpio")]
+    {
+        let input = anovit::gpio::EdgeInput::open(&e.chip, &e.line, e.edge, "anovit-encoder")?;
+        let counter = anovit::gpio::EdgeCounter::spawn(input).context("cannot start the encoder thread")?;
+        log::info!("encoder: counting {:?} edges of line {} of {}", e.edge, e.line, e.chip);
+        Ok(Some(counter.count()))
+    }
+    #[cfg(not(feature = "hw-gpio"))]
+    bail!(
+        "board profile {:?} has a GPIO encoder ({} of {}), but this build has no GPIO support: rebuild with `--features hw-gpio`",
+        board.name,
+        e.line,
+        e.chip
+    )
 }
 
 /// The health/ready line, when the profile has one.
@@ -408,6 +448,7 @@ fn run_loop<P: OutputPin>(
         events,
         summary_every: Duration::from_secs(board.telemetry.summary_every_s),
         health: open_health(board)?,
+        encoder: open_encoder(board)?,
     };
     let mut insp = Inspector::new(
         source,

@@ -5,7 +5,8 @@
 //! fails anywhere still gets exactly one verdict, the safe one, and is counted.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use embedded_hal::digital::OutputPin;
@@ -44,11 +45,13 @@ pub struct Outputs {
     pub summary_every: Duration,
     /// Health/ready line: on while frames arrive, off while the camera stalls or is gone.
     pub health: Option<StatusLine>,
+    /// Running edge count of the belt encoder, when there is one.
+    pub encoder: Option<Arc<AtomicU64>>,
 }
 
 impl Default for Outputs {
     fn default() -> Self {
-        Self { display: None, events: None, summary_every: Duration::from_secs(5), health: None }
+        Self { display: None, events: None, summary_every: Duration::from_secs(5), health: None, encoder: None }
     }
 }
 
@@ -174,6 +177,11 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         let stats = self.source.stats();
         self.counters.dropped = stats.dropped;
         self.counters.camera_reopened = stats.reopened;
+        self.counters.triggers = stats.triggers;
+        self.counters.skipped = stats.skipped;
+        if let Some(e) = &self.out.encoder {
+            self.counters.encoder_edges = e.load(Ordering::Relaxed);
+        }
         let t4 = self.clock.now();
         let captured_at = meta.as_ref().map_or(t0, |m| m.timestamp);
         let verdict = self.decider.decide(result, captured_at, t4);
@@ -192,8 +200,11 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         }
         let part = self.part;
         self.part += 1;
-        times.output = self.clock.now() - t4;
-        self.latency.push(times.total());
+        let t5 = self.clock.now();
+        times.output = t5 - t4;
+        // Frame exposure (or, without a camera clock, the capture call) to verdict and outputs:
+        // waiting for a triggered part is not latency, a frame aged in the camera's ring is.
+        self.latency.push(t5.saturating_sub(captured_at));
         let outcome = Outcome { part, meta, score, verdict, times, decided_at: t4 };
         self.emit(&outcome);
         Some(outcome)
@@ -246,7 +257,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         let c = self.counters;
         let [p50, p99] = self.latency.percentiles([50, 99]).unwrap_or([Duration::ZERO; 2]);
         log::info!(
-            "parts {} | OK {} NG {} FAULT {} (capture {}, preprocess {}, inference {}, late {}) | {:.1} fps | latency p50 {:.1} ms p99 {:.1} ms | pulses {} | camera dropped {} reopened {}",
+            "parts {} | OK {} NG {} FAULT {} (capture {}, preprocess {}, inference {}, late {}) | {:.1} fps | latency p50 {:.1} ms p99 {:.1} ms | pulses {} | camera dropped {} reopened {} | triggers {} skipped {} encoder {}",
             c.frames,
             c.passed,
             c.defects,
@@ -260,7 +271,10 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             p99.as_secs_f64() * 1e3,
             c.pulses,
             c.dropped,
-            c.camera_reopened
+            c.camera_reopened,
+            c.triggers,
+            c.skipped,
+            c.encoder_edges
         );
     }
 
@@ -283,6 +297,9 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
     /// Ends the run: waits out (on the loop's clock) any active pulse, leaves the reject line
     /// idle, flushes the event log and logs a final summary.
     pub fn finish(mut self) -> Report<P> {
+        if let Some(e) = &self.out.encoder {
+            self.counters.encoder_edges = e.load(Ordering::Relaxed);
+        }
         let fps = self.fps();
         self.log_summary(fps);
         if let Some(w) = self.out.events.as_mut() {

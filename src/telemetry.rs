@@ -42,6 +42,12 @@ pub struct Counters {
     pub dropped: u64,
     /// Times the camera was reopened after it went away.
     pub camera_reopened: u64,
+    /// Trigger edges received (triggered capture: one part each).
+    pub triggers: u64,
+    /// Camera frames read and discarded between triggered parts.
+    pub skipped: u64,
+    /// Belt encoder edges counted.
+    pub encoder_edges: u64,
     /// Times the health line went down.
     pub health_drops: u64,
     /// Frames with known ground truth.

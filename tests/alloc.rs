@@ -80,6 +80,7 @@ fn steady_state_loop_allocates_nothing_in_our_code() {
         // Summaries go to the log every frame here, so their cost is measured too.
         summary_every: Duration::ZERO,
         health: Some(StatusLine::new(Box::new(RecordingPin::<_, 16>::new(clock)), false).unwrap()),
+        encoder: Some(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0))),
     };
     anovit::logger::init(log::LevelFilter::Off);
     let mut insp = Inspector::new(

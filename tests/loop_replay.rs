@@ -152,7 +152,7 @@ impl FrameSource for Scripted {
     }
 
     fn stats(&self) -> SourceStats {
-        SourceStats { dropped: 3 * self.at as u64, timeouts: 0, reopened: 1 }
+        SourceStats { dropped: 3 * self.at as u64, reopened: 1, ..SourceStats::default() }
     }
 }
 

@@ -50,7 +50,7 @@ mkdir -p $g/bank0
 echo 4 > $g/bank0/num_lines
 echo anovit-sim > $g/bank0/label
 i=0
-for name in reject health trigger spare; do
+for name in reject health trigger encoder; do
     mkdir $g/bank0/line$i && echo $name > $g/bank0/line$i/name
     i=$((i + 1))
 done
@@ -133,7 +133,7 @@ else
 fi
 final=$(grep 'camera dropped' /tmp/run2.log | tail -n 1)
 echo "    $final"
-if [ $rc = 0 ] && echo "$final" | grep -q 'reopened 1$' && [ "$(tail -n 1 /tmp/lines2)" = 00 ]; then
+if [ $rc = 0 ] && echo "$final" | grep -q 'reopened 1 ' && [ "$(tail -n 1 /tmp/lines2)" = 00 ]; then
     ok "SIGTERM: clean exit, final summary counts the reopen, reject idle and health down"
 else
     bad "SIGTERM: exit $rc, last lines $(tail -n 1 /tmp/lines2), summary: $final"
@@ -172,5 +172,31 @@ while read -r img; do
 done < /data/feed.list
 touch /tmp/stop; wait $w
 [ "$i" = 4 ] || bad "fed $i images, expected 4"
+
+# 4. Inputs with edge events, driven through gpio-sim's pulls as a sensor would: one part per
+#    trigger edge (nothing inspected without one), every encoder edge counted.
+TRIG=$sim/sim_gpio2/pull
+ENC=$sim/sim_gpio3/pull
+echo pull-down > $TRIG
+echo pull-down > $ENC
+anovit run --board /etc/trigger.toml --model /models/demo-f32 --parts 2 -q < /dev/null > /tmp/run4.log 2>&1 &
+a=$!
+n=0
+until grep -q "one part per" /tmp/run4.log; do n=$((n + 1)); [ $n -gt 600 ] && break; sleep 0.2; done
+sleep 3
+kill -0 $a 2>/dev/null && waiting=yes || waiting=no
+for k in 1 2 3 4 5 6 7 8 9 10 11 12; do echo pull-up > $ENC; echo pull-down > $ENC; done
+for k in 1 2; do echo pull-up > $TRIG; sleep 0.3; echo pull-down > $TRIG; sleep 0.3; done
+n=0
+while kill -0 $a 2>/dev/null; do n=$((n + 1)); [ $n -gt 600 ] && kill -TERM $a; sleep 0.2; done
+wait $a
+rc=$?
+final=$(grep 'camera dropped' /tmp/run4.log | tail -n 1)
+echo "    $final"
+if [ "$waiting" = yes ] && [ $rc = 0 ] && echo "$final" | grep -q '^.*parts 2 .*triggers 2 skipped [0-9]* encoder 12$'; then
+    ok "trigger: no part before the first edge, 2 edges -> 2 parts; encoder: 12 edges counted"
+else
+    bad "trigger/encoder: waited without a trigger: $waiting, exit $rc, summary: $final"
+fi
 
 finish

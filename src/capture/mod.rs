@@ -105,6 +105,19 @@ pub struct SourceStats {
     pub timeouts: u64,
     /// Times the device was reopened after it went away.
     pub reopened: u64,
+    /// Trigger edges received (triggered capture).
+    pub triggers: u64,
+    /// Frames read and discarded because they were exposed before the part's trigger.
+    pub skipped: u64,
+}
+
+/// A part-present input: a file descriptor that becomes readable on an edge.
+pub trait Trigger: Send {
+    /// Descriptor to poll for readability.
+    fn fd(&self) -> std::os::fd::RawFd;
+
+    /// Reads the pending edge: its time on CLOCK_MONOTONIC.
+    fn read_edge(&mut self) -> std::io::Result<Duration>;
 }
 
 /// A camera, or anything that stands in for one.

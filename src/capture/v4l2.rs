@@ -14,7 +14,7 @@ use v4l::video::Capture;
 use v4l::{Format, FourCC};
 
 use super::convert::{convert, CameraFormat};
-use super::{CaptureError, Frame, FrameMeta, FrameSource, SourceStats};
+use super::{CaptureError, Frame, FrameMeta, FrameSource, SourceStats, Trigger};
 use crate::error::Error;
 
 /// What to open and how (from the board profile's `[camera]`).
@@ -76,6 +76,8 @@ pub struct V4l2Source {
     stats: SourceStats,
     /// CLOCK_MONOTONIC minus the loop's clock, to put driver timestamps on the loop's clock.
     mono_offset: Option<Duration>,
+    trigger: Option<Box<dyn Trigger>>,
+    trigger_delay: Duration,
 }
 
 impl V4l2Source {
@@ -96,7 +98,17 @@ impl V4l2Source {
             last_seq: None,
             stats: SourceStats::default(),
             mono_offset: None,
+            trigger: None,
+            trigger_delay: Duration::ZERO,
         })
+    }
+
+    /// Inspects one part per trigger edge (a part-present sensor): the first frame exposed at
+    /// least `delay` after the edge. Frames between parts are read and discarded (`skipped`).
+    pub fn with_trigger(mut self, trigger: Box<dyn Trigger>, delay: Duration) -> Self {
+        self.trigger = Some(trigger);
+        self.trigger_delay = delay;
+        self
     }
 
     /// What was agreed with the driver.
@@ -155,18 +167,97 @@ impl V4l2Source {
     }
 
     fn loop_time(&mut self, ts: v4l::timestamp::Timestamp, flags: BufFlags, now: Duration) -> Duration {
-        let monotonic = (flags & BufFlags::TIMESTAMP_MASK) == BufFlags::TIMESTAMP_MONOTONIC;
-        let (Ok(sec), Ok(usec)) = (u64::try_from(ts.sec), u64::try_from(ts.usec)) else { return now };
-        if !monotonic || (sec == 0 && usec == 0) {
-            return now;
-        }
+        let Some(at) = monotonic(ts, flags) else { return now };
         let offset = *self.mono_offset.get_or_insert_with(|| monotonic_now().saturating_sub(now));
-        let at = (Duration::from_secs(sec) + Duration::from_micros(usec)).saturating_sub(offset);
         // A driver clock running ahead of ours is not to be trusted.
-        if at > now {
-            now
-        } else {
-            at
+        at.saturating_sub(offset).min(now)
+    }
+
+    /// Creates the buffer ring if the stream was (re)started.
+    fn ensure_stream(&mut self) -> Result<(), CaptureError> {
+        let Some(o) = self.open.as_mut() else { return Err(CaptureError::Disconnected) };
+        if o.stream.is_some() {
+            return Ok(());
+        }
+        match MmapStream::with_buffers(&o.dev, Type::VideoCapture, self.cfg.buffers) {
+            Ok(mut s) => {
+                s.set_timeout(self.cfg.timeout);
+                o.stream = Some(s);
+                Ok(())
+            }
+            Err(e) => {
+                log::error!("camera {}: cannot map its buffers: {e}", o.neg.path.display());
+                self.close();
+                Err(CaptureError::Disconnected)
+            }
+        }
+    }
+
+    /// What a failed dequeue means for the loop, after cleaning up.
+    fn stream_failed(&mut self, e: io::Error) -> CaptureError {
+        if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) {
+            // The crate's stream cannot resume after a failed dequeue (its buffer is already
+            // queued again): restart streaming on the next call. A signal (SIGTERM while
+            // waiting) is no stall, but this part has no frame either.
+            if let Some(o) = self.open.as_mut() {
+                o.stream = None;
+            }
+            self.last_seq = None;
+            if e.kind() == io::ErrorKind::TimedOut {
+                self.stats.timeouts += 1;
+            }
+            return CaptureError::Timeout;
+        }
+        log::error!("camera {}: {e}; closing it and waiting for it to come back", self.neg.path.display());
+        self.close();
+        CaptureError::Disconnected
+    }
+
+    /// Waits for the next trigger edge, dequeuing camera frames meanwhile (unconverted) so that
+    /// the ring holds fresh frames and the driver drops none. Its CLOCK_MONOTONIC time, or `None`
+    /// when a signal (SIGTERM) ends the wait. No frame for the camera timeout is a stall.
+    fn wait_for_trigger(&mut self) -> Result<Option<Duration>, CaptureError> {
+        let timeout_ms = i32::try_from(self.cfg.timeout.as_millis()).unwrap_or(i32::MAX);
+        loop {
+            let (Some(trigger), Some(stream)) =
+                (self.trigger.as_mut(), self.open.as_ref().and_then(|o| o.stream.as_ref()))
+            else {
+                return Err(CaptureError::Disconnected);
+            };
+            let mut fds = [
+                libc::pollfd { fd: trigger.fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: stream.handle().fd(), events: libc::POLLIN, revents: 0 },
+            ];
+            // SAFETY: poll reads and writes the two pollfd entries of the array it is given.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+            if n < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    return Ok(None);
+                }
+                return Err(self.stream_failed(io::Error::last_os_error()));
+            }
+            if n == 0 {
+                return Err(self.stream_failed(io::Error::new(io::ErrorKind::TimedOut, "no frame while waiting")));
+            }
+            if fds[0].revents != 0 {
+                match trigger.read_edge() {
+                    Ok(at) => {
+                        self.stats.triggers += 1;
+                        return Ok(Some(at));
+                    }
+                    Err(e) => log::error!("trigger input: {e}"),
+                }
+            }
+            if fds[1].revents != 0 {
+                let Some(stream) = self.open.as_mut().and_then(|o| o.stream.as_mut()) else { continue };
+                match stream.next() {
+                    Ok((_, m)) => {
+                        let seq = m.sequence;
+                        count_gap(&mut self.last_seq, &mut self.stats, seq);
+                    }
+                    Err(e) => return Err(self.stream_failed(e)),
+                }
+            }
         }
     }
 }
@@ -183,56 +274,36 @@ impl FrameSource for V4l2Source {
         if self.open.is_none() {
             self.reopen()?;
         }
-        let cfg_timeout = self.cfg.timeout;
-        let Some(o) = self.open.as_mut() else { return Err(CaptureError::Disconnected) };
-        if o.stream.is_none() {
-            match MmapStream::with_buffers(&o.dev, Type::VideoCapture, self.cfg.buffers) {
-                Ok(mut s) => {
-                    s.set_timeout(cfg_timeout);
-                    o.stream = Some(s);
-                }
-                Err(e) => {
-                    log::error!("camera {}: cannot map its buffers: {e}", o.neg.path.display());
-                    self.close();
-                    return Err(CaptureError::Disconnected);
-                }
-            }
-        }
-        let stream = o.stream.as_mut().expect("created above");
-        let result = stream.next().map(|(buf, m)| (buf, m.bytesused as usize, m.sequence, m.flags, m.timestamp));
-        let (buf, used, seq, flags, ts) = match result {
-            Ok(x) => x,
-            Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {
-                // The crate's stream cannot resume after a failed dequeue (its buffer is already
-                // queued again): restart streaming on the next call. A signal (SIGTERM while
-                // waiting) is no stall, but this part has no frame either.
-                o.stream = None;
-                self.last_seq = None;
-                if e.kind() == io::ErrorKind::TimedOut {
-                    self.stats.timeouts += 1;
-                }
-                return Err(CaptureError::Timeout);
-            }
-            Err(e) => {
-                log::error!("camera {}: {e}; closing it and waiting for it to come back", self.neg.path.display());
-                self.close();
-                return Err(CaptureError::Disconnected);
-            }
+        self.ensure_stream()?;
+        // Triggered: the first frame exposed after the edge (plus the travel delay) is the part's.
+        let not_before = match self.trigger.is_some() {
+            true => match self.wait_for_trigger()? {
+                Some(edge) => Some(edge + self.trigger_delay),
+                None => return Ok(None),
+            },
+            false => None,
         };
-        if let Some(last) = self.last_seq {
-            let gap = seq.wrapping_sub(last).wrapping_sub(1);
-            // A backwards step (driver restart) is not a gap.
-            if gap < u32::MAX / 2 {
-                self.stats.dropped += u64::from(gap);
-            }
-        }
-        self.last_seq = Some(seq);
         let (w, h, fmt, stride) = (self.neg.width as usize, self.neg.height as usize, self.neg.format, self.neg.stride);
-        let data = &buf[..used.min(buf.len())];
-        let converted = if flags.contains(BufFlags::ERROR) {
-            Err("the driver marked the buffer as corrupted".to_string())
-        } else {
-            convert(fmt, data, w, h, stride as usize, &mut self.pixels).map_err(|e| e.to_string())
+        let (seq, converted, ts, flags) = loop {
+            let Some(stream) = self.open.as_mut().and_then(|o| o.stream.as_mut()) else {
+                return Err(CaptureError::Disconnected);
+            };
+            let (buf, m) = match stream.next() {
+                Ok(x) => x,
+                Err(e) => return Err(self.stream_failed(e)),
+            };
+            count_gap(&mut self.last_seq, &mut self.stats, m.sequence);
+            if not_before.is_some_and(|t| monotonic(m.timestamp, m.flags).is_some_and(|at| at < t)) {
+                self.stats.skipped += 1;
+                continue;
+            }
+            let data = &buf[..(m.bytesused as usize).min(buf.len())];
+            let converted = if m.flags.contains(BufFlags::ERROR) {
+                Err("the driver marked the buffer as corrupted".to_string())
+            } else {
+                convert(fmt, data, w, h, stride as usize, &mut self.pixels).map_err(|e| e.to_string())
+            };
+            break (m.sequence, converted, m.timestamp, m.flags);
         };
         self.meta.seq = u64::from(seq);
         self.meta.timestamp = self.loop_time(ts, flags, now);
@@ -250,6 +321,25 @@ impl FrameSource for V4l2Source {
     fn stats(&self) -> SourceStats {
         self.stats
     }
+}
+
+/// Books a gap in the driver's sequence numbers as dropped frames.
+fn count_gap(last_seq: &mut Option<u32>, stats: &mut SourceStats, seq: u32) {
+    if let Some(last) = *last_seq {
+        let gap = seq.wrapping_sub(last).wrapping_sub(1);
+        // A backwards step (driver restart) is not a gap.
+        if gap < u32::MAX / 2 {
+            stats.dropped += u64::from(gap);
+        }
+    }
+    *last_seq = Some(seq);
+}
+
+/// A buffer's timestamp on CLOCK_MONOTONIC, when the driver stamps it so.
+fn monotonic(ts: v4l::timestamp::Timestamp, flags: BufFlags) -> Option<Duration> {
+    let (sec, usec) = (u64::try_from(ts.sec).ok()?, u64::try_from(ts.usec).ok()?);
+    let stamped = (flags & BufFlags::TIMESTAMP_MASK) == BufFlags::TIMESTAMP_MONOTONIC && (sec, usec) != (0, 0);
+    stamped.then(|| Duration::from_secs(sec) + Duration::from_micros(usec))
 }
 
 /// Finds the device node: a path as given, else the first `/dev/video*` capture node whose
