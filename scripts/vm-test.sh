@@ -122,7 +122,7 @@ say "booting (TCG); console log: $log"
 set +e
 timeout "${ANOVIT_VM_TIMEOUT:-420}" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2048 \
     -kernel "$kroot/boot/vmlinuz-$kver" -initrd "$work/initramfs.gz" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=4" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=4${ANOVIT_VM_ONLY:+ vmcheck=$ANOVIT_VM_ONLY}" \
     -nographic -no-reboot -monitor none -serial "file:$log" \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 </dev/null
 code=$?

@@ -139,6 +139,9 @@ struct FeedArgs {
     /// Frames in all, cycling through the images; 0 = until stopped (SIGTERM, Ctrl-C).
     #[arg(long, default_value_t = 0)]
     frames: u64,
+    /// Send MJPEG (each image JPEG-encoded at this quality, 1-100) instead of RGB24.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+    mjpeg: Option<u8>,
 }
 
 #[cfg(feature = "hw-v4l")]
@@ -765,9 +768,10 @@ fn feed(a: &FeedArgs) -> Result<()> {
             paths.push(p.clone());
         }
     }
-    let (w, h, frames) = load_frames(&paths).map_err(anyhow::Error::msg)?;
-    let mut out = Feeder::open(&a.device, w, h, a.fps).map_err(anyhow::Error::msg)?;
-    log::info!("feeding {} images ({w}x{h} RGB24) into {} at {} fps", frames.len(), a.device.display(), a.fps);
+    let (w, h, frames) = load_frames(&paths, a.mjpeg).map_err(anyhow::Error::msg)?;
+    let mut out = Feeder::open(&a.device, w, h, a.fps, a.mjpeg.is_some()).map_err(anyhow::Error::msg)?;
+    let kind = a.mjpeg.map_or("RGB24".to_string(), |q| format!("MJPEG q{q}"));
+    log::info!("feeding {} images ({w}x{h} {kind}) into {} at {} fps", frames.len(), a.device.display(), a.fps);
     let stop = stop_on_signals();
     let repeat = a.repeat.max(1);
     let mut n = 0u64;

@@ -12,33 +12,37 @@ use v4l::video::output::Parameters;
 use v4l::video::Output;
 use v4l::{Format, FourCC};
 
-/// An open output device streaming RGB24 frames of one size.
+/// An open output device streaming RGB24 or MJPEG frames of one size.
 pub struct Feeder {
     stream: MmapStream<'static>,
     // After the stream: the ring is unmapped before the descriptor closes.
     _dev: Device,
     width: u32,
     height: u32,
+    mjpeg: bool,
     frame: Duration,
     next_at: Option<Instant>,
 }
 
 impl Feeder {
-    /// Opens `path`, sets RGB24 at `width` x `height` and `fps`.
-    pub fn open(path: &Path, width: u32, height: u32, fps: u32) -> Result<Self, String> {
+    /// Opens `path`, sets RGB24 (or MJPEG) at `width` x `height` and `fps`.
+    pub fn open(path: &Path, width: u32, height: u32, fps: u32, mjpeg: bool) -> Result<Self, String> {
         let dev = Device::with_path(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let caps = dev.query_caps().map_err(|e| format!("{} is not a V4L2 device: {e}", path.display()))?;
         if !caps.capabilities.contains(CapFlags::VIDEO_OUTPUT) {
             return Err(format!("{} ({}) is not a video output (a v4l2loopback device is)", path.display(), caps.card));
         }
-        let want = Format::new(width, height, FourCC::new(b"RGB3"));
-        let got = Output::set_format(&dev, &want).map_err(|e| format!("cannot set RGB24 {width}x{height}: {e}"))?;
-        if got.fourcc.repr != *b"RGB3" || (got.width, got.height) != (width, height) {
+        let code = if mjpeg { *b"MJPG" } else { *b"RGB3" };
+        let name = String::from_utf8_lossy(&code).into_owned();
+        let want = Format::new(width, height, FourCC::new(&code));
+        let got = Output::set_format(&dev, &want).map_err(|e| format!("cannot set {name} {width}x{height}: {e}"))?;
+        if got.fourcc.repr != code || (got.width, got.height) != (width, height) {
             return Err(format!(
-                "{} took {}x{} instead of RGB24 {width}x{height}",
+                "{} took {}x{} {} instead of {name} {width}x{height} (another writer may hold its format)",
                 path.display(),
                 got.width,
-                got.height
+                got.height,
+                String::from_utf8_lossy(&got.fourcc.repr)
             ));
         }
         if let Err(e) = Output::set_params(&dev, &Parameters::with_fps(fps.max(1))) {
@@ -51,16 +55,19 @@ impl Feeder {
             _dev: dev,
             width,
             height,
+            mjpeg,
             frame: Duration::from_secs_f64(1.0 / f64::from(fps.max(1))),
             next_at: None,
         })
     }
 
-    /// Queues one RGB24 frame, waiting for its slot in the frame rate.
-    pub fn write(&mut self, rgb: &[u8]) -> Result<(), String> {
-        let size = (self.width * self.height * 3) as usize;
-        if rgb.len() != size {
-            return Err(format!("frame has {} bytes, {}x{} RGB24 needs {size}", rgb.len(), self.width, self.height));
+    /// Queues one frame (RGB24 pixels, or one JPEG image for MJPEG), waiting for its slot in
+    /// the frame rate.
+    pub fn write(&mut self, frame: &[u8]) -> Result<(), String> {
+        let size = frame.len();
+        let raw = (self.width * self.height * 3) as usize;
+        if !self.mjpeg && size != raw {
+            return Err(format!("frame has {size} bytes, {}x{} RGB24 needs {raw}", self.width, self.height));
         }
         let at = *self.next_at.get_or_insert_with(Instant::now);
         if let Some(wait) = at.checked_duration_since(Instant::now()) {
@@ -71,14 +78,15 @@ impl Feeder {
         if buf.len() < size {
             return Err(format!("the device's buffers hold {} bytes, a frame needs {size}", buf.len()));
         }
-        buf[..size].copy_from_slice(rgb);
+        buf[..size].copy_from_slice(frame);
         meta.bytesused = size as u32;
         Ok(())
     }
 }
 
-/// Decodes images into RGB24 frames that all have the size of the first.
-pub fn load_frames(paths: &[PathBuf]) -> Result<(u32, u32, Vec<Vec<u8>>), String> {
+/// Decodes images into RGB24 frames that all have the size of the first; with `jpeg_quality`,
+/// encodes each as a JPEG image (for MJPEG).
+pub fn load_frames(paths: &[PathBuf], jpeg_quality: Option<u8>) -> Result<(u32, u32, Vec<Vec<u8>>), String> {
     let mut size = None;
     let mut frames = Vec::with_capacity(paths.len());
     for p in paths {
@@ -88,7 +96,16 @@ pub fn load_frames(paths: &[PathBuf]) -> Result<(u32, u32, Vec<Vec<u8>>), String
             let (w0, h0) = size.unwrap_or_default();
             return Err(format!("{} is {w}x{h}, the first image is {w0}x{h0}: feed images of one size", p.display()));
         }
-        frames.push(img.into_raw());
+        frames.push(match jpeg_quality {
+            None => img.into_raw(),
+            Some(q) => {
+                let mut jpeg = Vec::new();
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, q)
+                    .encode_image(&img)
+                    .map_err(|e| format!("cannot encode {} as JPEG: {e}", p.display()))?;
+                jpeg
+            }
+        });
     }
     let (w, h) = size.ok_or("no images to feed")?;
     Ok((w, h, frames))
