@@ -194,6 +194,33 @@ pub struct Health {
     pub active_low: bool,
 }
 
+/// Alarm output: raised when parts keep faulting (late results, no frames, failed inference),
+/// i.e. the station is not inspecting and the line should stop.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alarm {
+    /// GPIO chip: device path, name or label.
+    pub chip: String,
+    /// GPIO line: offset or name.
+    pub line: LineSpec,
+    /// Drive the line low for "alarm".
+    #[serde(default)]
+    pub active_low: bool,
+    /// Faults in a row that raise it.
+    #[serde(default = "default_raise_after")]
+    pub raise_after: u32,
+    /// Parts judged on their merits in a row that clear it.
+    #[serde(default = "default_clear_after")]
+    pub clear_after: u32,
+}
+
+fn default_raise_after() -> u32 {
+    3
+}
+fn default_clear_after() -> u32 {
+    10
+}
+
 /// Timing section.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -262,6 +289,9 @@ pub struct BoardProfile {
     /// Optional health/ready output.
     #[serde(default)]
     pub health: Option<Health>,
+    /// Optional alarm output.
+    #[serde(default)]
+    pub alarm: Option<Alarm>,
     /// Optional part-present trigger (V4L2 cameras): one part per edge, instead of one per frame.
     #[serde(default)]
     pub trigger: Option<Input>,
@@ -353,6 +383,14 @@ impl BoardProfile {
             }
             if t.delay_ms > 10_000 {
                 return Err(format!("`trigger.delay_ms` {} must be at most 10000", t.delay_ms));
+            }
+        }
+        if let Some(a) = &self.alarm {
+            if !(1..=1000).contains(&a.raise_after) || !(1..=100_000).contains(&a.clear_after) {
+                return Err(format!(
+                    "`alarm.raise_after` {} must be 1..1000 and `alarm.clear_after` {} 1..100000",
+                    a.raise_after, a.clear_after
+                ));
             }
         }
         if self.encoder.as_ref().is_some_and(|e| e.delay_ms != 0) {

@@ -115,6 +115,66 @@ impl Decider {
     }
 }
 
+/// When the alarm output rises: repeated faults (late results, a camera that delivers nothing,
+/// failing inference) mean the station is not inspecting and the line should be stopped; one
+/// fault alone is handled by rejecting its part.
+#[derive(Clone, Copy, Debug)]
+pub struct AlarmPolicy {
+    raise_after: u32,
+    clear_after: u32,
+    faults_in_a_row: u32,
+    judged_in_a_row: u32,
+    raised: bool,
+}
+
+impl AlarmPolicy {
+    /// Raises after `raise_after` faults in a row; clears after `clear_after` parts in a row
+    /// judged on their merits (OK or NG).
+    pub fn new(raise_after: u32, clear_after: u32) -> Self {
+        Self {
+            raise_after: raise_after.max(1),
+            clear_after: clear_after.max(1),
+            faults_in_a_row: 0,
+            judged_in_a_row: 0,
+            raised: false,
+        }
+    }
+
+    /// Books one verdict; the new alarm state when it changes.
+    pub fn record(&mut self, v: Verdict) -> Option<bool> {
+        if matches!(v, Verdict::Fault(_)) {
+            self.faults_in_a_row += 1;
+            self.judged_in_a_row = 0;
+        } else {
+            self.judged_in_a_row += 1;
+            self.faults_in_a_row = 0;
+        }
+        let want = if self.raised {
+            self.judged_in_a_row < self.clear_after
+        } else {
+            self.faults_in_a_row >= self.raise_after
+        };
+        (want != self.raised).then(|| {
+            self.raised = want;
+            want
+        })
+    }
+
+    /// Raises the alarm now, whatever the verdicts (e.g. a queue that overflowed).
+    pub fn force(&mut self) -> Option<bool> {
+        self.judged_in_a_row = 0;
+        (!self.raised).then(|| {
+            self.raised = true;
+            true
+        })
+    }
+
+    /// Whether the alarm is up.
+    pub fn is_raised(&self) -> bool {
+        self.raised
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +192,21 @@ mod tests {
         let f = Fault::Capture(CaptureError::Corrupt);
         assert_eq!(d.decide(Err(f), MS, 2 * MS), Verdict::Fault(f));
         assert!(Verdict::Fault(f).is_reject() && Verdict::Defect.is_reject() && !Verdict::Pass.is_reject());
+    }
+
+    #[test]
+    fn alarm_rises_on_repeated_faults_and_clears_on_judged_parts() {
+        let mut a = AlarmPolicy::new(3, 2);
+        let late = Verdict::Fault(Fault::Late);
+        let seq =
+            [late, late, Verdict::Pass, late, late, late, late, Verdict::Defect, late, Verdict::Pass, Verdict::Pass];
+        let changes: Vec<Option<bool>> = seq.iter().map(|&v| a.record(v)).collect();
+        assert_eq!(
+            changes,
+            [None, None, None, None, None, Some(true), None, None, None, None, Some(false)],
+            "two faults are not an alarm; a pass between resets; a fault restarts the clearing count"
+        );
+        assert_eq!(a.force(), Some(true));
+        assert_eq!(a.force(), None);
     }
 }

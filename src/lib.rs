@@ -26,5 +26,6 @@ pub mod model;
 pub mod pipeline;
 pub mod preprocess;
 pub mod scoring;
+pub mod service;
 pub mod synth;
 pub mod telemetry;

@@ -12,13 +12,14 @@ use anovit::bundle::Bundle;
 use anovit::calibrate::Calibration;
 use anovit::capture::{FrameSource, ReplaySource, SyntheticSource};
 use anovit::clock::MonotonicClock;
-use anovit::decision::Decider;
+use anovit::decision::{AlarmPolicy, Decider};
 use anovit::display::MemoryFramebuffer;
 use anovit::evaluate::{evaluate, score_files, EvalOptions, FrameScorer};
 use anovit::model::Model;
-use anovit::pipeline::{Inspector, Outcome, Outputs};
+use anovit::pipeline::{AlarmOutput, Inspector, Outcome, Outputs};
 use anovit::preprocess::Preprocessor;
 use anovit::scoring::Scorer;
+use anovit::service::Notifier;
 use anovit::synth::{Defect, PartSpec, SynthConveyor};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -401,29 +402,28 @@ fn open_encoder(board: &BoardProfile) -> Result<Option<std::sync::Arc<std::sync:
     )
 }
 
-/// The health/ready line, when the profile has one.
-fn open_health(board: &BoardProfile) -> Result<Option<StatusLine>> {
-    let Some(h) = &board.health else { return Ok(None) };
+/// An on/off indicator line (health, alarm) as the profile names it.
+fn open_status_line(
+    board: &BoardProfile,
+    what: &str,
+    chip: &str,
+    line: &anovit::board::LineSpec,
+    active_low: bool,
+) -> Result<StatusLine> {
     #[cfg(feature = "hw-gpio")]
     {
-        let off = embedded_hal::digital::PinState::from(h.active_low);
-        let pin = anovit::gpio::open_output(&h.chip, &h.line, off, "anovit-health")?;
-        let line = StatusLine::new(Box::new(pin), h.active_low)
-            .map_err(|e| anyhow::anyhow!("cannot drive health line {} of {}: {e}", h.line, h.chip))?;
-        log::info!(
-            "health line: GPIO line {} of {}{}",
-            h.line,
-            h.chip,
-            if h.active_low { " (active low)" } else { "" }
-        );
-        Ok(Some(line))
+        let _ = board;
+        let off = embedded_hal::digital::PinState::from(active_low);
+        let pin = anovit::gpio::open_output(chip, line, off, &format!("anovit-{what}"))?;
+        let status = StatusLine::new(Box::new(pin), active_low)
+            .map_err(|e| anyhow::anyhow!("cannot drive {what} line {line} of {chip}: {e}"))?;
+        log::info!("{what} line: GPIO line {line} of {chip}{}", if active_low { " (active low)" } else { "" });
+        Ok(status)
     }
     #[cfg(not(feature = "hw-gpio"))]
     bail!(
-        "board profile {:?} has a GPIO health line ({} of {}), but this build has no GPIO support: rebuild with `--features hw-gpio`",
-        board.name,
-        h.line,
-        h.chip
+        "board profile {:?} has a GPIO {what} line ({line} of {chip}, active low: {active_low}), but this build has no GPIO support: rebuild with `--features hw-gpio`",
+        board.name
     )
 }
 
@@ -450,8 +450,20 @@ fn run_loop<P: OutputPin>(
         display,
         events,
         summary_every: Duration::from_secs(board.telemetry.summary_every_s),
-        health: open_health(board)?,
+        health: board
+            .health
+            .as_ref()
+            .map(|h| open_status_line(board, "health", &h.chip, &h.line, h.active_low))
+            .transpose()?,
         encoder: open_encoder(board)?,
+        alarm: match &board.alarm {
+            Some(a) => Some(AlarmOutput {
+                line: open_status_line(board, "alarm", &a.chip, &a.line, a.active_low)?,
+                policy: AlarmPolicy::new(a.raise_after, a.clear_after),
+            }),
+            None => None,
+        },
+        notifier: Notifier::from_env(),
     };
     let mut insp = Inspector::new(
         source,
@@ -467,6 +479,7 @@ fn run_loop<P: OutputPin>(
     let threshold = m.threshold.value;
     let mut out = std::io::stdout().lock();
     let stop = stop_on_signals();
+    insp.notify_ready();
     insp.run_until(stop, |o| {
         if print {
             let _ = print_part(&mut out, o, threshold);

@@ -14,11 +14,12 @@ use embedded_hal::digital::OutputPin;
 use crate::actuation::{RejectLine, StatusLine};
 use crate::capture::{CaptureError, FrameSource};
 use crate::clock::Clock;
-use crate::decision::{Decider, Fault};
+use crate::decision::{AlarmPolicy, Decider, Fault, Verdict};
 use crate::display::{draw_status, MemoryFramebuffer, Status};
 use crate::model::{InferError, Model};
 use crate::preprocess::Preprocessor;
 use crate::scoring::Scorer;
+use crate::service::Notifier;
 pub use crate::telemetry::Outcome;
 use crate::telemetry::{write_event, Counters, LatencyWindow, StageTimes};
 
@@ -47,11 +48,31 @@ pub struct Outputs {
     pub health: Option<StatusLine>,
     /// Running edge count of the belt encoder, when there is one.
     pub encoder: Option<Arc<AtomicU64>>,
+    /// Alarm line: raised on repeated faults (the line should stop).
+    pub alarm: Option<AlarmOutput>,
+    /// systemd notifications (watchdog pings once per part).
+    pub notifier: Option<Notifier>,
+}
+
+/// The alarm line and the rule that drives it.
+pub struct AlarmOutput {
+    /// The line.
+    pub line: StatusLine,
+    /// When it rises and clears.
+    pub policy: AlarmPolicy,
 }
 
 impl Default for Outputs {
     fn default() -> Self {
-        Self { display: None, events: None, summary_every: Duration::from_secs(5), health: None, encoder: None }
+        Self {
+            display: None,
+            events: None,
+            summary_every: Duration::from_secs(5),
+            health: None,
+            encoder: None,
+            alarm: None,
+            notifier: None,
+        }
     }
 }
 
@@ -118,6 +139,18 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
     /// The status screen, when there is one.
     pub fn display(&self) -> Option<&MemoryFramebuffer> {
         self.out.display.as_ref()
+    }
+
+    /// Tells systemd (when run as a notify service) that the station is up.
+    pub fn notify_ready(&self) {
+        if let Some(n) = &self.out.notifier {
+            n.ready();
+        }
+    }
+
+    /// The alarm line, when there is one.
+    pub fn alarm(&self) -> Option<&StatusLine> {
+        self.out.alarm.as_ref().map(|a| &a.line)
     }
 
     /// The health line, when there is one.
@@ -193,6 +226,10 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             }
         }
         self.counters.record(verdict, meta.as_ref().and_then(|m| m.truth));
+        self.update_alarm(verdict);
+        if let Some(n) = self.out.notifier.as_mut() {
+            n.tick(t4);
+        }
         if let Some(prev) = self.last_frame_at.replace(t4) {
             let dt = (t4 - prev).as_secs_f32();
             self.frame_interval_s =
@@ -216,6 +253,20 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             1.0 / self.frame_interval_s
         } else {
             0.0
+        }
+    }
+
+    fn update_alarm(&mut self, verdict: Verdict) {
+        let Some(a) = self.out.alarm.as_mut() else { return };
+        let Some(on) = a.policy.record(verdict) else { return };
+        if a.line.set(on).is_err() {
+            self.counters.output_errors += 1;
+        }
+        if on {
+            self.counters.alarms += 1;
+            log::error!("ALARM: repeated faults, the station is not inspecting (last: {})", verdict.label());
+        } else {
+            log::warn!("alarm cleared: parts are judged again");
         }
     }
 
@@ -313,10 +364,13 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             std::thread::sleep(left);
         }
         let pin = self.line.release().ok();
-        if let Some(h) = self.out.health.as_mut() {
-            if h.set(false).is_err() {
+        for line in [self.out.health.as_mut(), self.out.alarm.as_mut().map(|a| &mut a.line)].into_iter().flatten() {
+            if line.set(false).is_err() {
                 self.counters.output_errors += 1;
             }
+        }
+        if let Some(n) = &self.out.notifier {
+            n.stopping();
         }
         Report { counters: self.counters, p50, p99, pin, display: self.out.display }
     }

@@ -48,6 +48,8 @@ pub struct Counters {
     pub skipped: u64,
     /// Belt encoder edges counted.
     pub encoder_edges: u64,
+    /// Times the alarm was raised.
+    pub alarms: u64,
     /// Times the health line went down.
     pub health_drops: u64,
     /// Frames with known ground truth.

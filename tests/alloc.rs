@@ -14,12 +14,13 @@ use anovit::actuation::{Polarity, RecordingPin, RejectLine, StatusLine};
 use anovit::capture::convert::{convert, CameraFormat};
 use anovit::capture::SyntheticSource;
 use anovit::clock::MonotonicClock;
-use anovit::decision::Decider;
+use anovit::decision::{AlarmPolicy, Decider};
 use anovit::display::MemoryFramebuffer;
 use anovit::model::{InferError, Model};
-use anovit::pipeline::{Engine, Inspector, Outputs};
+use anovit::pipeline::{AlarmOutput, Engine, Inspector, Outputs};
 use anovit::preprocess::Preprocessor;
 use anovit::scoring::Scorer;
+use anovit::service::Notifier;
 use anovit::synth::SynthConveyor;
 
 struct Counting;
@@ -72,6 +73,10 @@ fn steady_state_loop_allocates_nothing_in_our_code() {
     let m = &bundle.manifest;
     let clock = MonotonicClock::new();
     let source = SyntheticSource::new(SynthConveyor::new(5, 256, 256, 0.3), 0, None);
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify_socket = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify_socket.set_nonblocking(true).unwrap();
     let line = RejectLine::new(RecordingPin::<_, 1024>::new(clock), Polarity::GoodEnergised, Duration::from_millis(1))
         .unwrap();
     let outputs = Outputs {
@@ -81,6 +86,13 @@ fn steady_state_loop_allocates_nothing_in_our_code() {
         summary_every: Duration::ZERO,
         health: Some(StatusLine::new(Box::new(RecordingPin::<_, 16>::new(clock)), false).unwrap()),
         encoder: Some(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0))),
+        alarm: Some(AlarmOutput {
+            line: StatusLine::new(Box::new(RecordingPin::<_, 16>::new(clock)), false).unwrap(),
+            policy: AlarmPolicy::new(3, 10),
+        }),
+        // A watchdog ping on every part (period zero), so that the send path is measured; nobody
+        // reads the socket, so its queue fills and the sends fail without blocking, as designed.
+        notifier: Some(Notifier::new(notify_path.to_str().unwrap(), Some(Duration::ZERO)).unwrap()),
     };
     anovit::logger::init(log::LevelFilter::Off);
     let mut insp = Inspector::new(

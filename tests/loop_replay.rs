@@ -8,9 +8,9 @@ use std::time::Duration;
 use anovit::actuation::{Edge, Polarity, RecordingPin, RejectLine, StatusLine};
 use anovit::capture::{CaptureError, Frame, FrameSource, ReplaySource, SourceStats, SyntheticSource};
 use anovit::clock::{Clock, FakeClock};
-use anovit::decision::{Decider, Fault, Verdict};
+use anovit::decision::{AlarmPolicy, Decider, Fault, Verdict};
 use anovit::model::{InferError, Model};
-use anovit::pipeline::{Engine, Inspector, Outputs};
+use anovit::pipeline::{AlarmOutput, Engine, Inspector, Outputs};
 use anovit::preprocess::Preprocessor;
 use anovit::scoring::Scorer;
 use anovit::synth::{Defect, PartSpec, SynthConveyor};
@@ -176,7 +176,11 @@ fn health_line_follows_the_camera_and_faults_reject() {
     let clock = FakeClock::new();
     let line = RejectLine::new(RecordingPin::<_, 64>::new(clock.clone()), Polarity::ActiveHigh, PULSE).unwrap();
     let health = StatusLine::new(Box::new(RecordingPin::<_, 64>::new(clock.clone())), true).unwrap();
-    let outputs = Outputs { health: Some(health), ..Outputs::default() };
+    let alarm = AlarmOutput {
+        line: StatusLine::new(Box::new(RecordingPin::<_, 64>::new(clock.clone())), false).unwrap(),
+        policy: AlarmPolicy::new(2, 1),
+    };
+    let outputs = Outputs { health: Some(health), alarm: Some(alarm), ..Outputs::default() };
     let mut insp = Inspector::new(
         source,
         Preprocessor::new(&m.input),
@@ -188,18 +192,22 @@ fn health_line_follows_the_camera_and_faults_reject() {
         outputs,
     );
     let mut states = Vec::new();
+    let mut alarms = Vec::new();
     let mut verdicts = Vec::new();
     while let Some(o) = insp.step() {
         clock.advance(STEP);
         states.push(insp.health().and_then(StatusLine::is_on).unwrap());
+        alarms.push(insp.alarm().and_then(StatusLine::is_on).unwrap());
         verdicts.push(o.verdict.label());
     }
+    // Two faults in a row raise the alarm, one judged part clears it.
+    assert_eq!(alarms, [false, false, false, true, false, false, true, true, false]);
     // A corrupt frame still shows a live camera; timeouts and a lost device do not.
     assert_eq!(states, [true, true, false, false, true, true, false, false, true]);
     assert_eq!(verdicts, ["OK", "OK", "FAULT", "FAULT", "OK", "FAULT", "FAULT", "FAULT", "OK"]);
     assert_eq!(insp.health().unwrap().changes(), 5, "off->on, then down and up twice");
     let report = insp.finish();
     let c = report.counters;
-    assert_eq!((c.health_drops, c.capture_errors, c.pulses), (2, 5, 5));
+    assert_eq!((c.health_drops, c.capture_errors, c.pulses, c.alarms), (2, 5, 5, 2));
     assert_eq!((c.dropped, c.camera_reopened), (27, 1), "the source's own counts reach the counters");
 }

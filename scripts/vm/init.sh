@@ -25,14 +25,15 @@ load() {
         if [ "$ko" = "$last" ]; then insmod "$ko" $2; else insmod "$ko" 2>/dev/null; fi
     done < "/lib/modules/$1.order"
 }
-# Records every change of the reject and health lines (as gpio-sim sees them while anovit
-# holds them) into $1, until /tmp/stop exists. Shell built-ins only: fast enough for pulses.
+# Records every change of the reject, health and alarm lines (as gpio-sim sees them while
+# anovit holds them) into $1, until /tmp/stop exists. Shell built-ins only: fast enough for pulses.
 watch_lines() {
     prev=""
     while [ ! -e /tmp/stop ]; do
         read -r r < "$REJECT"
         read -r h < "$HEALTH"
-        if [ "$r$h" != "$prev" ]; then echo "$r$h" >> "$1"; prev="$r$h"; fi
+        read -r x < "$ALARM"
+        if [ "$r$h$x" != "$prev" ]; then echo "$r$h$x" >> "$1"; prev="$r$h$x"; fi
     done
 }
 VIVID_ARGS="n_devs=1 node_types=0x1 num_inputs=1 input_types=0x0"
@@ -51,10 +52,10 @@ mount -t configfs none /sys/kernel/config
 # A gpio-sim chip "anovit-sim" with named lines, like a board's device tree would give.
 g=/sys/kernel/config/gpio-sim/anovit
 mkdir -p $g/bank0
-echo 4 > $g/bank0/num_lines
+echo 5 > $g/bank0/num_lines
 echo anovit-sim > $g/bank0/label
 i=0
-for name in reject health trigger encoder; do
+for name in reject health trigger encoder alarm; do
     mkdir $g/bank0/line$i && echo $name > $g/bank0/line$i/name
     i=$((i + 1))
 done
@@ -62,6 +63,7 @@ echo 1 > $g/live
 sim=/sys/devices/platform/$(cat $g/dev_name)/$(cat $g/bank0/chip_name)
 REJECT=$sim/sim_gpio0/value
 HEALTH=$sim/sim_gpio1/value
+ALARM=$sim/sim_gpio4/value
 [ -e "$REJECT" ] && ok "gpio-sim chip $(cat $g/bank0/chip_name) live" || bad "gpio-sim chip did not come up"
 
 # 1. Capture: YUYV, RGB24 and GREY at 640x480, at the rate set (vivid defaults to 5 fps here),
@@ -108,6 +110,7 @@ section2() {
     mark stall
     v4l2-ctl -d /dev/video0 --set-ctrl percentage_of_dropped_buffers=100
     step stall 0 60
+    sleep 4 # two more camera timeouts: faults in a row, for the alarm
     mark resume
     v4l2-ctl -d /dev/video0 --set-ctrl percentage_of_dropped_buffers=0
     step resume 1 60
@@ -116,6 +119,13 @@ section2() {
     step disconnect 0 60
     mark reconnect
     step reconnect 1 60
+    # Alarm: the stall's faults in a row raise it, the first judged part after clears it.
+    if awk '$0 == "#stall" { f = 1; next } $0 == "#resume" { f = 0 } f && substr($0, 3, 1) == "1" { hit = 1 } END { exit !hit }' /tmp/lines2 &&
+        grep -q "ALARM" /tmp/run2.log && grep -q "alarm cleared" /tmp/run2.log; then
+        ok "alarm raised by the stall's repeated faults, cleared when parts were judged again"
+    else
+        bad "alarm: not raised during the stall or not cleared (changes: $(tr '\n' ' ' < /tmp/lines2))"
+    fi
     # SIGTERM (how systemd stops the service): the part in hand is finished, then the lines go idle.
     mark stop
     kill -TERM $a
@@ -138,8 +148,8 @@ section2() {
     fi
     final=$(grep 'camera dropped' /tmp/run2.log | tail -n 1)
     echo "    $final"
-    if [ $rc = 0 ] && echo "$final" | grep -q 'reopened 1 ' && [ "$(tail -n 1 /tmp/lines2)" = 00 ]; then
-        ok "SIGTERM: clean exit, final summary counts the reopen, reject idle and health down"
+    if [ $rc = 0 ] && echo "$final" | grep -q 'reopened 1 ' && [ "$(tail -n 1 /tmp/lines2)" = 000 ]; then
+        ok "SIGTERM: clean exit, final summary counts the reopen, reject idle, health and alarm down"
     else
         bad "SIGTERM: exit $rc, last lines $(tail -n 1 /tmp/lines2), summary: $final"
     fi
