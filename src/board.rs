@@ -454,6 +454,20 @@ kind = "memory"
     }
 
     #[test]
+    fn every_shipped_profile_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("board");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                BoardProfile::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 4, "host demo, Pi 4, Pi 5, Jetson: found {n}");
+    }
+
+    #[test]
     fn camera_and_gpio_lines_by_name_or_number() {
         let text = OK.replace(
             "source = \"synthetic\"",
