@@ -15,19 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user rustc-web cargo-web libstd-rust-web-dev:arm64)
-missing=()
-for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" != 0 ]; then
-        echo "arm stage needs these Debian packages: ${missing[*]} (run as root to install them)" >&2
-        exit 1
-    fi
-    echo "== arm: installing ${missing[*]}"
-    dpkg --add-architecture arm64
-    timeout 600 apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+. scripts/debs.sh
+need_debs arm --arch arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user rustc-web cargo-web libstd-rust-web-dev:arm64
 
 # Debian's compiler, whose standard library for aarch64 comes from libstd-rust-web-dev:arm64
 # (rustup's rustc would come first in PATH and has no aarch64 std here). Linker, C compiler for

@@ -18,18 +18,8 @@ say() { echo "== vm: $*"; }
 
 # 1. Debian packages: qemu, busybox, v4l-utils (v4l2-ctl), kernel headers and build tools,
 #    libclang (bindgen generates the V4L2 bindings).
-pkgs=(qemu-system-x86 busybox-static v4l-utils cpio kmod linux-headers-amd64 make gcc xz-utils libclang-dev)
-missing=()
-for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" != 0 ]; then
-        echo "vm stage needs these Debian packages: ${missing[*]} (run as root to install them)" >&2
-        exit 1
-    fi
-    say "installing ${missing[*]}"
-    timeout 600 apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+. scripts/debs.sh
+need_debs vm qemu-system-x86 busybox-static v4l-utils cpio kmod linux-headers-amd64 make gcc xz-utils libclang-dev
 
 # 2. The kernel that matches the installed headers: image and modules from its .deb (not
 #    installed, so no initramfs generation on the host), source of the same version for gpio-sim.

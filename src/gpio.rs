@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use embedded_hal::digital::PinState;
-use linux_embedded_hal::gpio_cdev::{chips, Chip, EventRequestFlags, LineEventHandle, LineRequestFlags};
+use linux_embedded_hal::gpio_cdev::{chips, Chip, EventRequestFlags, Line, LineEventHandle, LineRequestFlags};
 use linux_embedded_hal::CdevPin;
 
 pub use crate::board::{Edges, LineSpec};
@@ -45,14 +45,24 @@ fn line_offset(c: &Chip, line: &LineSpec) -> Result<u32, String> {
     }
 }
 
+/// A start-up error about `line` of `chip`.
+fn gpio_error(chip: &str, line: &LineSpec, why: String) -> Error {
+    Error::Gpio { chip: chip.to_string(), line: line.to_string(), why }
+}
+
+/// The line a profile names, on the chip it names.
+fn find_line(chip: &str, line: &LineSpec) -> Result<Line, Error> {
+    let err = |why| gpio_error(chip, line, why);
+    let mut c = find_chip(chip).map_err(err)?;
+    let offset = line_offset(&c, line).map_err(err)?;
+    c.get_line(offset).map_err(|e| err(format!("no such line: {e}")))
+}
+
 /// Requests a line as an output owned by `anovit` (shown as `consumer` in `gpioinfo`), starting
 /// at `initial`.
 pub fn open_output(chip: &str, line: &LineSpec, initial: PinState, consumer: &str) -> Result<CdevPin, Error> {
-    let err = |why: String| Error::Gpio { chip: chip.to_string(), line: line.to_string(), why };
-    let mut c = find_chip(chip).map_err(err)?;
-    let offset = line_offset(&c, line).map_err(err)?;
-    let l = c.get_line(offset).map_err(|e| err(format!("no such line: {e}")))?;
-    let handle = l
+    let err = |why| gpio_error(chip, line, why);
+    let handle = find_line(chip, line)?
         .request(LineRequestFlags::OUTPUT, u8::from(initial == PinState::High), consumer)
         .map_err(|e| err(format!("cannot request it as an output (is another program holding it?): {e}")))?;
     CdevPin::new(handle).map_err(|e| err(e.to_string()))
@@ -66,10 +76,7 @@ pub struct EdgeInput {
 impl EdgeInput {
     /// Requests `line` of `chip` as an input reporting `edges`.
     pub fn open(chip: &str, line: &LineSpec, edges: Edges, consumer: &str) -> Result<Self, Error> {
-        let err = |why: String| Error::Gpio { chip: chip.to_string(), line: line.to_string(), why };
-        let mut c = find_chip(chip).map_err(err)?;
-        let offset = line_offset(&c, line).map_err(err)?;
-        let l = c.get_line(offset).map_err(|e| err(format!("no such line: {e}")))?;
+        let l = find_line(chip, line)?;
         let flags = match edges {
             Edges::Rising => EventRequestFlags::RISING_EDGE,
             Edges::Falling => EventRequestFlags::FALLING_EDGE,
@@ -77,7 +84,7 @@ impl EdgeInput {
         };
         let handle = l
             .events(LineRequestFlags::INPUT, flags, consumer)
-            .map_err(|e| err(format!("cannot request it as an input with edge events: {e}")))?;
+            .map_err(|e| gpio_error(chip, line, format!("cannot request it as an input with edge events: {e}")))?;
         Ok(Self { handle })
     }
 

@@ -276,12 +276,13 @@ impl FrameSource for V4l2Source {
         }
         self.ensure_stream()?;
         // Triggered: the first frame exposed after the edge (plus the travel delay) is the part's.
-        let not_before = match self.trigger.is_some() {
-            true => match self.wait_for_trigger()? {
+        let not_before = if self.trigger.is_some() {
+            match self.wait_for_trigger()? {
                 Some(edge) => Some(edge + self.trigger_delay),
                 None => return Ok(None),
-            },
-            false => None,
+            }
+        } else {
+            None
         };
         let (w, h, fmt, stride) = (self.neg.width as usize, self.neg.height as usize, self.neg.format, self.neg.stride);
         let (seq, converted, ts, flags) = loop {
