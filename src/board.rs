@@ -71,6 +71,15 @@ pub struct Camera {
     /// V4L2: no frame for this long is a stall (the part is rejected, the health line drops).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Capture one frame ahead on a thread of its own, so that conversion and decoding run on
+    /// another core while the loop judges the frame before (docs/PERF.md); `false` captures in
+    /// the loop, one core only.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: bool,
+}
+
+fn default_prefetch() -> bool {
+    true
 }
 
 fn default_width() -> u32 {

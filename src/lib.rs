@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod actuation;
+pub mod bench;
 pub mod board;
 pub mod bundle;
 pub mod calibrate;

@@ -10,7 +10,7 @@ use anovit::actuation::{RecordingPin, RejectLine, StatusLine};
 use anovit::board::{BoardProfile, DisplayKind, OutputKind, SourceKind};
 use anovit::bundle::Bundle;
 use anovit::calibrate::Calibration;
-use anovit::capture::{FrameSource, ReplaySource, SyntheticSource};
+use anovit::capture::{FrameSource, Prefetched, ReplaySource, SyntheticSource};
 use anovit::clock::MonotonicClock;
 use anovit::decision::{AlarmPolicy, Decider};
 use anovit::display::MemoryFramebuffer;
@@ -24,6 +24,10 @@ use anovit::synth::{Defect, PartSpec, SynthConveyor};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use embedded_hal::digital::OutputPin;
+
+/// Counts heap allocations per thread for `anovit bench` (one thread-local increment each).
+#[global_allocator]
+static ALLOC: anovit::bench::CountingAlloc = anovit::bench::CountingAlloc;
 
 #[derive(Parser)]
 #[command(name = "anovit", version, about = "Inline visual inspection with AnoViT: camera -> model -> reject line")]
@@ -56,6 +60,54 @@ enum Cmd {
     /// Compile an ONNX bundle into a plan bundle (tract NNEF) for deploy builds.
     #[cfg(feature = "onnx")]
     Compile(CompileArgs),
+    /// Measure speed and memory: the plan, the whole loop per frame, allocations, RSS, load
+    /// time (`scripts/perf.py` runs it beside onnxruntime and writes docs/PERF.md).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Model bundle directories to time (repeat the option). Default: models/demo-f32 and
+    /// models/demo-int8. The loop, the operator profile and the memory run use the first.
+    #[arg(long = "model")]
+    models: Vec<PathBuf>,
+    /// Thread counts to time the plans at.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    /// Plan runs per configuration and round.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Rounds: each round runs every configuration in turn, so that they share the machine's
+    /// state alike.
+    #[arg(long, default_value_t = 10)]
+    rounds: usize,
+    /// Frames through the whole loop (after 10 warm-up frames); 0 skips the loop.
+    #[arg(long, default_value_t = 300)]
+    frames: usize,
+    /// Camera frame size for the loop (YUYV, converted every frame), WIDTHxHEIGHT.
+    #[arg(long, default_value = "640x480")]
+    camera: String,
+    /// Also time loading these bundles (e.g. a compiled plan).
+    #[arg(long)]
+    load: Vec<PathBuf>,
+    /// Parts for the peak-memory run of `anovit run` on the first model; 0 skips it.
+    #[arg(long, default_value_t = 200)]
+    rss_parts: u64,
+    /// Plan runs for the per-operator profile of the first model; 0 skips it.
+    #[arg(long, default_value_t = 20)]
+    profile: usize,
+    /// Write every figure as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Serve plan timings on stdin/stdout to a peer script (scripts/perf.py): prints the
+    /// configurations as one JSON line, then answers each line `CONFIG RUNS` with a JSON list of
+    /// milliseconds; ends at end of input.
+    #[arg(long)]
+    serve: bool,
+    /// With --serve: write the model input the plans run on here (f32 little-endian, NCHW), so
+    /// the peer runs the very same input.
+    #[arg(long)]
+    input_out: Option<PathBuf>,
 }
 
 #[cfg(feature = "onnx")]
@@ -197,6 +249,9 @@ struct RunArgs {
     /// Do not print a line per part.
     #[arg(long, short)]
     quiet: bool,
+    /// Cores the model's matrix products run on (default 1; docs/PERF.md has both).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -239,6 +294,7 @@ fn main() -> ExitCode {
         Some(Cmd::Feed(a)) => feed(&a),
         #[cfg(feature = "onnx")]
         Some(Cmd::Compile(a)) => compile(&a),
+        Some(Cmd::Bench(a)) => bench(&a),
         None => run(RunArgs::default()),
     };
     match r {
@@ -278,11 +334,14 @@ fn run(a: RunArgs) -> Result<()> {
         m.threshold.source
     );
     let t = std::time::Instant::now();
-    let model = Model::load(&bundle)?;
+    let mut model = Model::load(&bundle)?;
     log::info!("model loaded and optimised in {} ms", t.elapsed().as_millis());
+    if let Some(n) = a.threads {
+        model.set_threads(n)?;
+    }
 
-    let source = open_source(&board, &a)?;
     let clock = MonotonicClock::new();
+    let source = open_source(&board, &a, clock)?;
     match board.reject.output {
         OutputKind::Recording => {
             let line = RejectLine::new(RecordingPin::<_, 1024>::new(clock), board.reject.polarity, board.pulse())
@@ -327,8 +386,17 @@ fn stop_on_signals() -> &'static std::sync::atomic::AtomicBool {
     &STOP
 }
 
-/// The frame source the profile (or `--folder`) asks for.
-fn open_source(board: &BoardProfile, a: &RunArgs) -> Result<Box<dyn FrameSource>> {
+/// The frame source the profile (or `--folder`) asks for, read one frame ahead on a capture
+/// thread unless the profile says `prefetch = false`.
+fn open_source(board: &BoardProfile, a: &RunArgs, clock: MonotonicClock) -> Result<Box<dyn FrameSource>> {
+    let source = open_camera(board, a)?;
+    if !board.camera.prefetch {
+        return Ok(source);
+    }
+    Ok(Box::new(Prefetched::spawn(source, clock).context("cannot start the capture thread")?))
+}
+
+fn open_camera(board: &BoardProfile, a: &RunArgs) -> Result<Box<dyn FrameSource + Send>> {
     let limit = a.parts;
     let c = &board.camera;
     let folder = a.folder.as_ref().or(c.folder.as_ref().filter(|_| c.source == SourceKind::Folder));
@@ -718,11 +786,7 @@ fn camera(a: &CameraArgs) -> Result<()> {
         cfg.format = Some(f);
     }
     if let Some(s) = &a.size {
-        let (w, h) = s
-            .split_once('x')
-            .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
-            .with_context(|| format!("--size {s:?}: expected WIDTHxHEIGHT, e.g. 640x480"))?;
-        (cfg.width, cfg.height) = (w, h);
+        (cfg.width, cfg.height) = parse_size("--size", s)?;
     }
     if let Some(f) = a.fps {
         cfg.fps = f;
@@ -842,5 +906,208 @@ fn write_synth(a: &SynthArgs) -> Result<()> {
         emit(&format!("test/{}", d.name()), a.test_per_defect, Some(d))?;
     }
     println!("wrote {index} images to {} (seed {})", a.out.display(), a.seed);
+    Ok(())
+}
+
+/// `WIDTHxHEIGHT` of option `opt`.
+fn parse_size<T: std::str::FromStr>(opt: &str, s: &str) -> Result<(T, T)> {
+    s.split_once('x')
+        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+        .with_context(|| format!("{opt} {s:?}: expected WIDTHxHEIGHT, e.g. 640x480"))
+}
+
+/// One plan under test: a bundle at a thread count.
+struct BenchConfig {
+    name: String,
+    precision: String,
+    threads: usize,
+    model: Model,
+}
+
+fn bench(a: &BenchArgs) -> Result<()> {
+    use anovit::bench::{self as b, Summary};
+    let models = if a.models.is_empty() {
+        vec![shipped("models/demo-f32"), shipped("models/demo-int8")]
+    } else {
+        a.models.clone()
+    };
+    if a.threads.contains(&0) || a.runs == 0 || a.rounds == 0 {
+        bail!("--threads, --runs and --rounds must be at least 1");
+    }
+    let bundles = models.iter().map(|p| Bundle::load(p)).collect::<anovit::error::Result<Vec<_>>>()?;
+    let input = bench_input(&bundles[0])?;
+    let mut configs = Vec::new();
+    for (bundle, path) in bundles.iter().zip(&models) {
+        if bundle.manifest.input.shape != bundles[0].manifest.input.shape {
+            bail!("{}: every model benchmarked together must take the same input shape", path.display());
+        }
+        for &threads in &a.threads {
+            let mut model = Model::load(bundle)?;
+            model.set_threads(threads)?;
+            let name =
+                path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+            configs.push(BenchConfig { name, precision: bundle.manifest.model.precision.clone(), threads, model });
+        }
+    }
+    // Warm: first runs allocate and fault in pages.
+    for c in &mut configs {
+        b::time_runs(&mut c.model, &input, 3)?;
+    }
+    if a.serve {
+        return serve(&mut configs, &input, a.input_out.as_deref());
+    }
+
+    let mut json = serde_json::Map::new();
+    json.insert("machine".into(), machine());
+    let (peak, isa) = b::peak_gflops(Duration::from_millis(500));
+    println!("peak rate of one core: {peak:.1} GFLOP/s ({isa})");
+    json.insert("peak_gflops_one_core".into(), serde_json::json!({"gflops": peak, "isa": isa}));
+
+    let mut loads = Vec::new();
+    for path in models.iter().chain(&a.load) {
+        let bundle = Bundle::load(path)?;
+        let mut ms = Vec::new();
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            let mut m = Model::load(&bundle)?;
+            m.infer(&input)?;
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let s = Summary::of(&ms);
+        println!(
+            "load + first result {}: median {:.0} ms ({} {})",
+            path.display(),
+            s.median_ms,
+            format!("{:?}", bundle.manifest.model.format()).to_lowercase(),
+            bundle.manifest.model.precision
+        );
+        loads.push(serde_json::json!({"bundle": path, "format": format!("{:?}", bundle.manifest.model.format()).to_lowercase(), "load_to_first_result": s}));
+    }
+    json.insert("load".into(), loads.into());
+
+    let mut samples = vec![Vec::new(); configs.len()];
+    for _ in 0..a.rounds {
+        for (c, s) in configs.iter_mut().zip(&mut samples) {
+            s.extend(b::time_runs(&mut c.model, &input, a.runs)?);
+        }
+    }
+    let mut plans = Vec::new();
+    for (c, s) in configs.iter().zip(&samples) {
+        let s = Summary::of(s);
+        println!(
+            "plan {} ({}) {} thread(s): median {:.2} ms, p99 {:.2} ms over {} runs",
+            c.name, c.precision, c.threads, s.median_ms, s.p99_ms, s.n
+        );
+        plans.push(serde_json::json!({"model": c.name, "precision": c.precision, "threads": c.threads, "latency": s}));
+    }
+    json.insert("plan".into(), plans.into());
+
+    if a.profile > 0 {
+        let c = &mut configs[0];
+        let ops = c.model.profile(&input, a.profile)?;
+        let total: f64 = ops.iter().map(|o| o.1.as_secs_f64()).sum();
+        println!("where the plan's time goes ({}, {} thread(s), {} runs):", c.name, c.threads, a.profile);
+        let mut list = Vec::new();
+        for (op, t) in &ops {
+            let ms = t.as_secs_f64() * 1e3 / a.profile as f64;
+            let share = t.as_secs_f64() / total;
+            if share >= 0.01 {
+                println!("  {op:24} {ms:7.2} ms  {:5.1} %", 100.0 * share);
+            }
+            list.push(serde_json::json!({"op": op, "ms": ms, "share": share}));
+        }
+        json.insert("profile".into(), serde_json::json!({"model": c.name, "ops": list}));
+    }
+
+    if a.frames > 0 {
+        let camera = parse_size("--camera", &a.camera)?;
+        let events = std::env::temp_dir().join(format!("anovit-bench-{}.jsonl", std::process::id()));
+        for prefetch in [false, true] {
+            let model = Model::load(&bundles[0])?;
+            let l = b::bench_loop(&bundles[0], model, camera, prefetch, 10, a.frames, &events);
+            let _ = std::fs::remove_file(&events);
+            let l = l.context("the loop benchmark failed")?;
+            println!(
+                "loop ({}x{} YUYV camera, {} frames, capture {}): {:.1} fps | per frame median: capture {:.3} ms, preprocess {:.3} ms, plan {:.2} ms, score {:.3} ms, outputs {:.3} ms | around the plan {:.2} % of it | latency p50 {:.2} ms, p99 {:.2} ms (p99/p50 {:.3}) | allocations per frame: ours {}, tract {}",
+                camera.0, camera.1, l.frames, if prefetch { "one frame ahead" } else { "in the loop" }, l.fps,
+                l.capture.median_ms, l.preprocess.median_ms, l.infer.median_ms, l.score.median_ms, l.output.median_ms,
+                100.0 * l.around_share, l.latency.median_ms, l.latency.p99_ms, l.p99_over_p50,
+                l.allocs_ours_per_frame, l.allocs_engine_per_frame
+            );
+            json.insert(if prefetch { "loop" } else { "loop_serial" }.into(), serde_json::to_value(&l)?);
+        }
+    }
+
+    if a.rss_parts > 0 {
+        let exe = std::env::current_exe().context("cannot find this executable to run it")?;
+        let parts = a.rss_parts.to_string();
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(["run", "-q", "--parts", &parts, "--model"]).arg(&models[0]).stdout(std::process::Stdio::null());
+        let (status, rss) = b::child_peak_rss(&mut cmd)?;
+        if !status.success() {
+            bail!("`anovit run` for the memory figure failed ({status})");
+        }
+        println!("peak RSS of `anovit run --parts {parts}` on {}: {:.1} MB", models[0].display(), rss as f64 / 1e6);
+        json.insert("peak_rss".into(), serde_json::json!({"command": format!("anovit run -q --parts {parts} --model {}", models[0].display()), "bytes": rss}));
+    }
+
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("cannot write {}", p.display()))?;
+        println!("figures written to {}", p.display());
+    }
+    Ok(())
+}
+
+/// The model input the plans are timed on: a synthetic part through the bundle's preprocessing.
+fn bench_input(bundle: &Bundle) -> Result<Vec<f32>> {
+    let mut source = SyntheticSource::new(SynthConveyor::new(1, 256, 256, 0.5), 0, Some(1));
+    let frame = source.next_frame(Duration::ZERO)?.context("the synthetic source gave no frame")?;
+    Ok(Preprocessor::new(&bundle.manifest.input).run(&frame)?.to_vec())
+}
+
+/// The machine the figures come from.
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name") || l.starts_with("Model"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown", |(_, v)| v.trim());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    serde_json::json!({
+        "arch": std::env::consts::ARCH,
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "loadavg_at_start": load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        "tract": anovit::model::TRACT_VERSION,
+        "anovit": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// The peer protocol of `anovit bench --serve`.
+fn serve(configs: &mut [BenchConfig], input: &[f32], input_out: Option<&Path>) -> Result<()> {
+    if let Some(p) = input_out {
+        let bytes: Vec<u8> = input.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(p, bytes).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    let list: Vec<_> = configs
+        .iter()
+        .map(|c| serde_json::json!({"model": c.name, "precision": c.precision, "threads": c.threads}))
+        .collect();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::json!({"configs": list}))?;
+    out.flush()?;
+    for line in std::io::stdin().lines() {
+        let line = line?;
+        let mut it = line.split_whitespace().map(str::parse::<usize>);
+        let (Some(Ok(i)), Some(Ok(runs)), None) = (it.next(), it.next(), it.next()) else {
+            bail!("--serve: expected `CONFIG RUNS`, got {line:?}");
+        };
+        let c = configs.get_mut(i).with_context(|| format!("--serve: no configuration {i}"))?;
+        let ms = anovit::bench::time_runs(&mut c.model, input, runs)?;
+        writeln!(out, "{}", serde_json::to_string(&ms)?)?;
+        out.flush()?;
+    }
     Ok(())
 }

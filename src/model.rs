@@ -136,6 +136,8 @@ fn load_nnef(path: &Path, m: &Manifest) -> Result<TypedModel> {
 /// A loaded, optimised model with its reusable state.
 pub struct Model {
     state: TypedSimpleState,
+    /// tract's thread pool when the plan runs on more than one core.
+    executor: Option<tract_linalg::multithread::Executor>,
     shape: [usize; 4],
     out_index: usize,
     recon: Vec<f32>,
@@ -157,7 +159,25 @@ impl Model {
         let shape = [s[0], s[1], s[2], s[3]];
         let plan: Plan = typed.into_optimized().and_then(|m| m.into_runnable()).map_err(tract_err(&path))?;
         let state = plan.spawn().map_err(tract_err(&path))?;
-        Ok(Model { state, shape, out_index, recon: vec![0.0; shape.iter().product()] })
+        Ok(Model { state, executor: None, shape, out_index, recon: vec![0.0; shape.iter().product()] })
+    }
+
+    /// Runs the plan's matrix products on `threads` cores (tract's multithreaded executor; 1 =
+    /// on the calling thread only, the default). On a board with two cores or more, two
+    /// threads shorten a frame by about a third (docs/PERF.md) and leave less for anything
+    /// else on the board.
+    pub fn set_threads(&mut self, threads: usize) -> Result<()> {
+        self.executor = match threads {
+            0 => return Err(Error::Model { path: PathBuf::from("<plan>"), why: "threads must be at least 1".into() }),
+            1 => None,
+            n => {
+                // tract splits a product only above 64 panels by default, which leaves most of
+                // this model's products on one core; 16 gained most here (docs/PERF.md).
+                tract_linalg::multithread::set_threading_panel_threshold(16);
+                Some(tract_linalg::multithread::Executor::multithread(n))
+            }
+        };
+        Ok(())
     }
 
     /// Input shape `[1, 3, H, W]`.
@@ -169,7 +189,12 @@ impl Model {
     /// that the loop can count them and reject the part.
     pub fn infer(&mut self, input: &[f32]) -> std::result::Result<&[f32], InferError> {
         let t = Tensor::from_shape(&self.shape, input).map_err(|_| InferError::BadInput)?;
-        let out = self.state.run(tvec!(t.into())).map_err(|_| InferError::Engine)?;
+        let state = &mut self.state;
+        let out = match &self.executor {
+            Some(e) => tract_linalg::multithread::multithread_tract_scope(e.clone(), || state.run(tvec!(t.into()))),
+            None => state.run(tvec!(t.into())),
+        }
+        .map_err(|_| InferError::Engine)?;
         let view = out.get(self.out_index).ok_or(InferError::Engine)?;
         let s = view.try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).map_err(|_| InferError::Engine)?;
         if s.len() != self.recon.len() {
@@ -177,6 +202,29 @@ impl Model {
         }
         self.recon.copy_from_slice(s);
         Ok(&self.recon)
+    }
+}
+
+impl Model {
+    /// Runs the plan `runs` times on `input` and returns the time spent in each operator kind
+    /// (tract's op name), summed over the runs, largest first: where the plan's time goes.
+    pub fn profile(&mut self, input: &[f32], runs: usize) -> Result<Vec<(String, std::time::Duration)>> {
+        let mut per_op = std::collections::BTreeMap::<String, std::time::Duration>::new();
+        let err = |e: anyhow::Error| Error::Model { path: PathBuf::from("<plan>"), why: format!("{e:#}") };
+        for _ in 0..runs {
+            let t = Tensor::from_shape(&self.shape, input).map_err(err)?;
+            self.state
+                .run_plan_with_eval(tvec!(t.into()), |ctx, state, node, inputs| {
+                    let start = std::time::Instant::now();
+                    let out = tract_core::plan::eval(ctx, state, node, inputs);
+                    *per_op.entry(node.op().name().to_string()).or_default() += start.elapsed();
+                    out
+                })
+                .map_err(err)?;
+        }
+        let mut v: Vec<_> = per_op.into_iter().collect();
+        v.sort_by_key(|o| std::cmp::Reverse(o.1));
+        Ok(v)
     }
 }
 

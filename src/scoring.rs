@@ -62,15 +62,67 @@ fn reflect(i: isize, n: usize) -> usize {
     (if m < n { m } else { 2 * n - 1 - m }) as usize
 }
 
-/// 1-D convolution of strided samples of `src` into `dst` with reflect borders.
-fn convolve_line(src: &[f32], dst: &mut [f32], n: usize, stride: usize, kernel: &[f32]) {
-    let r = (kernel.len() / 2) as isize;
-    for i in 0..n {
-        let mut acc = 0.0f32;
-        for (k, w) in kernel.iter().enumerate() {
-            acc += w * src[reflect(i as isize + k as isize - r, n) * stride];
+/// Outputs kept in registers at a time by [`fir`].
+const LANES: usize = 16;
+
+/// `out[i] = sum_k kernel[k] * base[start[k] + i]` for a symmetric kernel of odd length:
+/// mirrored taps are added before their one multiply, and `LANES` outputs are kept in
+/// registers at a time, so that the loop vectorises and each output is stored once.
+fn fir(out: &mut [f32], base: &[f32], start: &[usize], kernel: &[f32]) {
+    let (n, r) = (out.len(), kernel.len() / 2);
+    let pairs = || kernel[..r].iter().zip(&start[..r]).zip(start[r + 1..].iter().rev());
+    let mut chunks = out.chunks_exact_mut(LANES);
+    for (c, o) in (&mut chunks).enumerate() {
+        let x0 = c * LANES;
+        let lanes = |s: usize| -> &[f32; LANES] { base[s + x0..s + x0 + LANES].try_into().expect("LANES samples") };
+        let mut acc = [0f32; LANES];
+        for (a, x) in acc.iter_mut().zip(lanes(start[r])) {
+            *a = kernel[r] * x;
         }
-        dst[i * stride] = acc;
+        for ((&kw, &s0), &s1) in pairs() {
+            for ((a, x), y) in acc.iter_mut().zip(lanes(s0)).zip(lanes(s1)) {
+                *a += kw * (x + y);
+            }
+        }
+        o.copy_from_slice(&acc);
+    }
+    let x0 = n - chunks.into_remainder().len();
+    for i in x0..n {
+        out[i] =
+            pairs().fold(kernel[r] * base[start[r] + i], |a, ((&kw, &s0), &s1)| a + kw * (base[s0 + i] + base[s1 + i]));
+    }
+}
+
+/// Separable convolution of a `w x h` plane `src` with `kernel` along both axes, reflect
+/// borders, into `dst`. Scratch: `pad` holds a row with its borders (`w + kernel.len() - 1`),
+/// `rows` a `w x h` plane, `start` one offset per tap.
+#[allow(clippy::too_many_arguments)]
+fn smooth(
+    src: &[f32],
+    dst: &mut [f32],
+    rows: &mut [f32],
+    pad: &mut [f32],
+    start: &mut [usize],
+    w: usize,
+    h: usize,
+    kernel: &[f32],
+) {
+    let r = kernel.len() / 2;
+    for (k, s) in start.iter_mut().enumerate() {
+        *s = k;
+    }
+    for (s, d) in src.chunks_exact(w).zip(rows.chunks_exact_mut(w)) {
+        pad[r..r + w].copy_from_slice(s);
+        for i in (0..r).chain(r + w..pad.len()) {
+            pad[i] = s[reflect(i as isize - r as isize, w)];
+        }
+        fir(d, pad, start, kernel);
+    }
+    for (y, d) in dst.chunks_exact_mut(w).enumerate() {
+        for (k, s) in start.iter_mut().enumerate() {
+            *s = reflect(y as isize + k as isize - r as isize, h) * w;
+        }
+        fir(d, rows, start, kernel);
     }
 }
 
@@ -82,6 +134,9 @@ pub struct Scorer {
     kernel: Vec<f32>,
     map: Vec<f32>,
     tmp: Vec<f32>,
+    rows: Vec<f32>,
+    pad: Vec<f32>,
+    start: Vec<usize>,
     /// Per-pixel mean and 1 / (std + floor) of the reference, when there is one.
     reference: Option<(Vec<f32>, Vec<f32>)>,
 }
@@ -89,12 +144,16 @@ pub struct Scorer {
 impl Scorer {
     /// Buffers for `width x height` maps with `spec`'s smoothing.
     pub fn new(width: usize, height: usize, spec: &ScoringSpec) -> Self {
+        let kernel = gaussian_kernel(spec.sigma, spec.truncate);
         Self {
             width,
             height,
-            kernel: gaussian_kernel(spec.sigma, spec.truncate),
+            pad: vec![0.0; width + 2 * (kernel.len() / 2)],
+            start: vec![0; kernel.len()],
+            kernel,
             map: vec![0.0; width * height],
             tmp: vec![0.0; width * height],
+            rows: vec![0.0; width * height],
             reference: None,
         }
     }
@@ -129,25 +188,26 @@ impl Scorer {
         let plane = self.width * self.height;
         debug_assert_eq!(input.len(), 3 * plane);
         debug_assert_eq!(recon.len(), 3 * plane);
+        let (i0, i1, i2) = (&input[..plane], &input[plane..2 * plane], &input[2 * plane..]);
+        let (r0, r1, r2) = (&recon[..plane], &recon[plane..2 * plane], &recon[2 * plane..]);
         for (i, e) in self.tmp.iter_mut().enumerate() {
-            let d = |c: usize| input[c * plane + i] - recon[c * plane + i];
-            *e = (d(0) * d(0) + d(1) * d(1) + d(2) * d(2)) / 3.0;
+            let (d0, d1, d2) = (i0[i] - r0[i], i1[i] - r1[i], i2[i] - r2[i]);
+            *e = (d0 * d0 + d1 * d1 + d2 * d2) / 3.0;
         }
         let (w, h) = (self.width, self.height);
-        // Rows from tmp into map, then columns from map back into tmp.
-        for y in 0..h {
-            convolve_line(&self.tmp[y * w..], &mut self.map[y * w..], w, 1, &self.kernel);
-        }
-        for x in 0..w {
-            convolve_line(&self.map[x..], &mut self.tmp[x..], h, w, &self.kernel);
-        }
-        std::mem::swap(&mut self.map, &mut self.tmp);
+        smooth(&self.tmp, &mut self.map, &mut self.rows, &mut self.pad, &mut self.start, w, h, &self.kernel);
         if let Some((mean, inv)) = &self.reference {
             for ((v, m), k) in self.map.iter_mut().zip(mean).zip(inv) {
                 *v = (*v - m) * k;
             }
         }
-        self.map.iter().fold(f32::NEG_INFINITY, |m, &v| if v.is_nan() || m.is_nan() { f32::NAN } else { m.max(v) })
+        // NaN tracked apart from the maximum, so that the loop vectorises.
+        let (max, nan) = self.map.iter().fold((f32::NEG_INFINITY, false), |(m, nan), &v| (m.max(v), nan | v.is_nan()));
+        if nan {
+            f32::NAN
+        } else {
+            max
+        }
     }
 }
 

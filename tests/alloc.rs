@@ -6,66 +6,24 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::Duration;
 
 use anovit::actuation::{Polarity, RecordingPin, RejectLine, StatusLine};
+use anovit::bench::{allocations, CountingAlloc, Tallied};
 use anovit::capture::convert::{convert, CameraFormat};
 use anovit::capture::SyntheticSource;
 use anovit::clock::MonotonicClock;
 use anovit::decision::{AlarmPolicy, Decider};
 use anovit::display::MemoryFramebuffer;
-use anovit::model::{InferError, Model};
-use anovit::pipeline::{AlarmOutput, Engine, Inspector, Outputs};
+use anovit::model::Model;
+use anovit::pipeline::{AlarmOutput, Inspector, Outputs};
 use anovit::preprocess::Preprocessor;
 use anovit::scoring::Scorer;
 use anovit::service::Notifier;
 use anovit::synth::SynthConveyor;
 
-struct Counting;
-
-thread_local! {
-    static OURS: Cell<u64> = const { Cell::new(0) };
-    static TRACT: Cell<u64> = const { Cell::new(0) };
-    static IN_ENGINE: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    // try_with: the thread-locals may be gone while a thread shuts down.
-    let _ = IN_ENGINE.try_with(|e| {
-        let c = if e.get() { &TRACT } else { &OURS };
-        let _ = c.try_with(|c| c.set(c.get() + 1));
-    });
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        count();
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        count();
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static A: Counting = Counting;
-
-struct Tallied(Model);
-
-impl Engine for Tallied {
-    fn infer(&mut self, input: &[f32]) -> Result<&[f32], InferError> {
-        IN_ENGINE.with(|e| e.set(true));
-        let r = self.0.infer(input);
-        IN_ENGINE.with(|e| e.set(false));
-        r
-    }
-}
+static A: CountingAlloc = CountingAlloc;
 
 #[test]
 fn steady_state_loop_allocates_nothing_in_our_code() {
@@ -109,14 +67,14 @@ fn steady_state_loop_allocates_nothing_in_our_code() {
     for _ in 0..3 {
         insp.step().unwrap();
     }
-    let (ours0, tract0) = (OURS.with(Cell::get), TRACT.with(Cell::get));
+    let (ours0, tract0) = allocations();
     let frames = 20;
     let mut rejects = 0;
     for _ in 0..frames {
         rejects += insp.step().unwrap().verdict.is_reject() as u64;
     }
-    let ours = OURS.with(Cell::get) - ours0;
-    let tract = TRACT.with(Cell::get) - tract0;
+    let (ours1, tract1) = allocations();
+    let (ours, tract) = (ours1 - ours0, tract1 - tract0);
     println!(
         "allocations over {frames} frames: ours {ours}, tract {tract} ({:.1} per frame at the model boundary)",
         tract as f64 / frames as f64
@@ -133,11 +91,11 @@ fn camera_format_conversion_allocates_nothing() {
     let mut grey = vec![0u8; w * h];
     let yuyv: Vec<u8> = (0..w * h * 2).map(|i| (i * 7 % 251) as u8).collect();
     let rgb_in: Vec<u8> = (0..w * h * 3).map(|i| (i % 253) as u8).collect();
-    let before = OURS.with(Cell::get);
+    let before = allocations().0;
     for _ in 0..5 {
         convert(CameraFormat::Yuyv, &yuyv, w, h, w * 2, &mut rgb).unwrap();
         convert(CameraFormat::Rgb24, &rgb_in, w, h, w * 3, &mut rgb).unwrap();
         convert(CameraFormat::Grey, &rgb_in[..w * h], w, h, w, &mut grey).unwrap();
     }
-    assert_eq!(OURS.with(Cell::get) - before, 0, "YUYV/RGB24/GREY conversion allocated");
+    assert_eq!(allocations().0 - before, 0, "YUYV/RGB24/GREY conversion allocated");
 }

@@ -313,3 +313,37 @@ fn eval_reports_metrics_and_pictures_per_defect_type() {
     }
     assert!(std::fs::read_dir(out.join("overlays")).unwrap().count() >= 5);
 }
+
+/// `anovit bench --serve`, the protocol `scripts/perf.py` drives: configurations, the input
+/// written for the peer, one time per run asked for, a clear error on a bad request.
+#[test]
+fn bench_serve_answers_run_requests_and_refuses_bad_ones() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.f32");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_anovit"))
+        .args(["bench", "--serve", "--model", "models/demo-f32", "--threads", "1,2", "--input-out"])
+        .arg(&input)
+        .current_dir(repo())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"1 3\n0 2\n5 1\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = text(&o);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "{out}\n{err}");
+    let configs = lines[0]["configs"].as_array().unwrap();
+    assert_eq!(configs.len(), 2);
+    assert_eq!((configs[1]["model"].as_str(), configs[1]["threads"].as_u64()), (Some("demo-f32"), Some(2)));
+    for (line, runs) in [(&lines[1], 3), (&lines[2], 2)] {
+        let ms = line.as_array().unwrap();
+        assert_eq!(ms.len(), runs);
+        assert!(ms.iter().all(|v| v.as_f64().unwrap() > 0.0), "{ms:?}");
+    }
+    assert_eq!(std::fs::metadata(&input).unwrap().len(), 3 * 224 * 224 * 4, "the input written for the peer");
+    assert_eq!(o.status.code(), Some(1), "a request for a missing configuration ends with an error");
+    assert!(err.contains("no configuration 5") && !err.contains("panicked"), "{err}");
+}

@@ -171,6 +171,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn yuyv_rows_of_any_width_match_the_pixel_formula() {
+        for width in 1..41usize {
+            let src: Vec<u8> = (0..2 * width.max(2)).map(|i| (i * 37 % 251) as u8).collect();
+            let mut dst = vec![0u8; 3 * width];
+            yuyv_row(&src[..4 * (width / 2) + 2 * (width % 2)], &mut dst);
+            for x in 0..width {
+                // Odd width: the last pixel repeats the one before it.
+                let p = if width % 2 == 1 && width > 1 && x == width - 1 { x - 1 } else { x };
+                let (y, u, v) =
+                    (src[2 * p] as i32, src[4 * (p / 2) + 1] as i32 - 128, src[4 * (p / 2) + 3] as i32 - 128);
+                let c = 298 * (y - 16) + 128;
+                let want = [c + 409 * v, c - 100 * u - 208 * v, c + 516 * u].map(|t| (t >> 8).clamp(0, 255) as u8);
+                if width > 1 {
+                    assert_eq!(dst[3 * x..3 * x + 3], want, "width {width}, pixel {x}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn yuyv_reference_colours() {
         // Y, U, V of BT.601 limited-range white, black, red and mid grey.
         let px = |y: u8, u: u8, v: u8| [y, u, y, v];

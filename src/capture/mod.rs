@@ -6,6 +6,7 @@
 pub mod convert;
 #[cfg(feature = "hw-v4l")]
 pub mod feed;
+mod prefetch;
 mod replay;
 mod synthetic;
 #[cfg(feature = "hw-v4l")]
@@ -14,6 +15,7 @@ pub mod v4l2;
 use std::fmt;
 use std::time::Duration;
 
+pub use prefetch::Prefetched;
 pub use replay::{list_images, ReplaySource};
 pub use synthetic::SyntheticSource;
 

@@ -1,0 +1,383 @@
+#!/usr/bin/env python3
+"""The plan against onnxruntime, and the whole loop: writes docs/PERF.md and docs/perf.json.
+
+    .venv/bin/python scripts/perf.py [--rounds 10] [--runs 10] [--quick]
+
+tract runs in `anovit bench --serve` (built with `cargo build --release` first), onnxruntime in
+this process, on the same ONNX files, the same input (the plan's own, written by anovit), at the
+same thread counts; both stay loaded and warm, and their runs are interleaved block by block
+(each round: every configuration, tract then onnxruntime or the other way round), so that both
+see the machine in the same state. Then `anovit bench` measures what only the runtime has: the
+whole loop per frame, allocations, peak RSS, load time, the peak FLOP rate of one core and
+tract's operator profile. FLOPs per frame are counted from the ONNX graph.
+"""
+
+import argparse
+import collections
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def nearest_rank(sorted_ms, p):
+    """p-th percentile by nearest rank, as `anovit bench` computes it."""
+    rank = max(1, -(-len(sorted_ms) * p // 100))
+    return sorted_ms[rank - 1]
+
+
+def summary(ms):
+    s = sorted(ms)
+    return {"n": len(s), "median_ms": statistics.median(s), "p99_ms": nearest_rank(s, 99),
+            "min_ms": s[0], "mean_ms": sum(s) / len(s)}
+
+
+def count_flops(model, input_shape):
+    """Multiply-adds x 2 of the products in an ONNX graph: MatMul, Gemm, Conv, ConvTranspose
+    (and their quantised forms), shapes from ONNX shape inference. What the floor is made of."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    # The input's dynamic sizes (batch) fixed first, so that every shape is known.
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for d, v in zip(dims, input_shape):
+        d.dim_value = v
+    m = shape_inference.infer_shapes(model, data_prop=True)
+    shapes = {}
+    for vi in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output):
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        if dims and all(d > 0 for d in dims):
+            shapes[vi.name] = dims
+    for t in m.graph.initializer:
+        shapes[t.name] = list(numpy_helper.to_array(t).shape)
+
+    def attr(node, name, default):
+        for a in node.attribute:
+            if a.name == name:
+                return onnx.helper.get_attribute_value(a)
+        return default
+
+    total = 0
+    for n in m.graph.node:
+        op = n.op_type
+        if op in ("MatMul", "MatMulInteger", "QLinearMatMul", "Gemm"):
+            a = shapes.get(n.input[0])
+            out = shapes.get(n.output[0])
+            if a is None or out is None:
+                raise ValueError(f"no shape for {n.name} ({op}): cannot count its FLOPs")
+            k = a[-1] if not (op == "Gemm" and attr(n, "transA", 0)) else a[0]
+            total += 2 * int(np.prod(out)) * k
+        elif op in ("Conv", "ConvInteger", "QLinearConv"):
+            w = shapes[n.input[3 if op == "QLinearConv" else 1]]
+            out = shapes[n.output[0]]
+            total += 2 * int(np.prod(out)) * int(np.prod(w[1:]))
+        elif op == "ConvTranspose":
+            x, w = shapes[n.input[0]], shapes[n.input[1]]
+            # Every input value meets Cout/group x kh x kw weights (w is Cin x Cout/group x kh x kw).
+            total += 2 * int(np.prod(x)) * int(np.prod(w[1:]))
+    return total
+
+
+class Tract:
+    """`anovit bench --serve`: the plans, loaded once, timed on request."""
+
+    def __init__(self, exe, models, threads, input_path):
+        cmd = [str(exe), "bench", "--serve", "--threads", ",".join(map(str, threads)), "--input-out", str(input_path)]
+        for m in models:
+            cmd += ["--model", str(m)]
+        self.p = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.p.stdout.readline()
+        if not line:
+            raise SystemExit("anovit bench --serve ended before it was ready (see its error above)")
+        self.configs = json.loads(line)["configs"]
+
+    def run(self, i, runs):
+        self.p.stdin.write(f"{i} {runs}\n")
+        self.p.stdin.flush()
+        return json.loads(self.p.stdout.readline())
+
+    def close(self):
+        self.p.stdin.close()
+        if self.p.wait() != 0:
+            raise SystemExit("anovit bench --serve failed")
+
+
+def ort_session(path, threads, profile=False):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.enable_profiling = profile
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def ort_times(sess, feed, runs):
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+def ort_profile(path, feed, runs):
+    """onnxruntime's own per-operator times (ms per run), largest first."""
+    sess = ort_session(path, 1, profile=True)
+    ort_times(sess, feed, 3)
+    ort_times(sess, feed, runs)
+    trace = Path(sess.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
+    per_op = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+    n = runs + 3
+    total = sum(per_op.values())
+    return [{"op": op, "ms": us / n / 1e3, "share": us / total} for op, us in per_op.most_common()]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["models/demo-f32", "models/demo-int8"])
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--runs", type=int, default=10, help="runs per configuration, engine and round")
+    ap.add_argument("--frames", type=int, default=300, help="frames through the whole loop")
+    ap.add_argument("--quick", action="store_true", help="few runs, nothing written to docs/ (a smoke test)")
+    ap.add_argument("--out", default="docs", help="where PERF.md and perf.json go")
+    a = ap.parse_args()
+    if a.quick:
+        a.rounds, a.runs, a.frames = 2, 2, 20
+    threads = [int(t) for t in a.threads.split(",")]
+    models = [Path(m) for m in a.models]  # relative to ROOT, where every command runs
+    work = ROOT / "target" / "perf"
+    work.mkdir(parents=True, exist_ok=True)
+
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    exe = ROOT / "target" / "release" / "anovit"
+
+    import onnx
+
+    manifests = [json.loads((ROOT / m / "manifest.json").read_text()) for m in models]
+    onnx_files = [ROOT / m / man["model"]["file"] for m, man in zip(models, manifests)]
+    flops = count_flops(onnx.load(str(onnx_files[0])), manifests[0]["input"]["shape"])
+
+    # Plan latency, interleaved.
+    input_path = work / "input.f32"
+    tract = Tract(exe, models, threads, input_path)
+    shape = manifests[0]["input"]["shape"]
+    x = np.fromfile(input_path, dtype="<f4").reshape(shape)
+    sessions, feeds = [], []
+    for c in tract.configs:
+        i = [m.name for m in models].index(c["model"])
+        s = ort_session(onnx_files[i], c["threads"])
+        sessions.append(s)
+        feeds.append({s.get_inputs()[0].name: x})
+        ort_times(s, feeds[-1], 3)
+    samples = [{"tract": [], "onnxruntime": []} for _ in tract.configs]
+    for r in range(a.rounds):
+        for i, _ in enumerate(tract.configs):
+            order = ["tract", "onnxruntime"] if (r + i) % 2 == 0 else ["onnxruntime", "tract"]
+            for engine in order:
+                # A pause lets the other engine's worker threads stop spinning.
+                time.sleep(0.05)
+                t = tract.run(i, a.runs) if engine == "tract" else ort_times(sessions[i], feeds[i], a.runs)
+                samples[i][engine] += t
+    tract.close()
+    plans = []
+    for c, s in zip(tract.configs, samples):
+        t, o = summary(s["tract"]), summary(s["onnxruntime"])
+        plans.append({**c, "tract": t, "onnxruntime": o, "speed_vs_onnxruntime": o["median_ms"] / t["median_ms"]})
+        print(f"{c['model']} {c['threads']} thread(s): tract {t['median_ms']:.2f} ms, onnxruntime {o['median_ms']:.2f} ms, "
+              f"tract speed / onnxruntime speed {o['median_ms'] / t['median_ms']:.2f}", flush=True)
+    del sessions
+
+    # Everything only the runtime has.
+    bench_json = work / "bench.json"
+    cmd = [str(exe), "bench", "--threads", "1", "--json", str(bench_json), "--frames", str(a.frames),
+           "--rounds", "1", "--runs", "3", "--model", str(models[0])]
+    if a.quick:
+        cmd += ["--rss-parts", "20", "--profile", "3"]
+    else:
+        plan_dir = Path("target/perf/demo-plan")
+        subprocess.run([str(exe), "compile", "--model", str(models[0]), "--out", str(plan_dir)], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+        cmd += ["--load", str(plan_dir)] + sum((["--load", str(m)] for m in models[1:]), [])
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    bench = json.loads(bench_json.read_text())
+    ort_ops = ort_profile(onnx_files[0], feeds[0], 3 if a.quick else 20)
+
+    figures = {"machine": {**bench["machine"], "python": platform.python_version(),
+                           "onnxruntime": __import__("onnxruntime").__version__},
+               "flops_per_frame": flops, "peak_gflops_one_core": bench["peak_gflops_one_core"],
+               "plan": plans, "loop": bench["loop"], "load": bench["load"], "peak_rss": bench["peak_rss"],
+               "profile": {"tract": bench["profile"], "onnxruntime": {"model": models[0].name, "ops": ort_ops}},
+               "command": "scripts/perf.py " + " ".join(sys.argv[1:])}
+    out = work if a.quick else ROOT / a.out
+    (out / "perf.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (out / "PERF.md").write_text(render(figures))
+    print(f"wrote {out / 'PERF.md'} and {out / 'perf.json'}")
+
+
+def render(f):
+    m, peak, loop = f["machine"], f["peak_gflops_one_core"], f["loop"]
+    gflop = f["flops_per_frame"] / 1e9
+    floor_ms = gflop / peak["gflops"] * 1e3
+    lines = [
+        "# Performance: the plan against onnxruntime, the whole loop, memory",
+        "",
+        "Regenerate: `.venv/bin/python scripts/perf.py` (about 3 minutes; it builds the release binary,",
+        "runs `anovit bench --serve` beside onnxruntime, then `anovit bench`). Raw figures: `docs/perf.json`.",
+        "",
+        f"Machine: {m['cpu']}, {m['arch']}, {m['cores']} cores (load average at start {m['loadavg_at_start']}: a shared",
+        f"machine, so figures move by 10-20 % between runs; ratios are measured side by side in one run); tract {m['tract']},",
+        f"onnxruntime {m['onnxruntime']}, anovit {m['anovit']}.",
+        "",
+        "## The plan: tract against onnxruntime (same ONNX file, same input, same threads)",
+        "",
+        f"Both engines loaded and warm, runs interleaved in blocks ({f['plan'][0]['tract']['n']} runs each). The",
+        "speed ratio is onnxruntime's median over tract's: above 1.0, tract is faster.",
+        "",
+        "| model | threads | tract median | tract p99 | onnxruntime median | onnxruntime p99 | tract speed / onnxruntime |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in f["plan"]:
+        t, o = p["tract"], p["onnxruntime"]
+        lines.append(f"| {p['model']} ({p['precision']}) | {p['threads']} | {t['median_ms']:.2f} ms | {t['p99_ms']:.2f} ms | "
+                     f"{o['median_ms']:.2f} ms | {o['p99_ms']:.2f} ms | {p['speed_vs_onnxruntime']:.2f} |")
+    lines += [
+        "",
+        "## The floor",
+        "",
+        f"{gflop:.3f} GFLOP per frame (multiply-adds x 2 of every MatMul, Gemm, Conv and ConvTranspose of the",
+        f"f32 graph). One core's peak, measured by `anovit bench` ({peak['isa']}, independent multiply-adds):",
+        f"{peak['gflops']:.1f} GFLOP/s. Floor: **{floor_ms:.2f} ms** per frame on one core.",
+        "",
+        "| engine, 1 thread | median | floor / median (share of peak reached) |",
+        "|---|---|---|",
+    ]
+    for p in f["plan"]:
+        if p["threads"] == 1:
+            for eng in ("tract", "onnxruntime"):
+                med = p[eng]["median_ms"]
+                lines.append(f"| {eng}, {p['model']} | {med:.2f} ms | {100 * floor_ms / med:.0f} % |")
+    lines += [
+        "",
+        "## The whole loop (`anovit bench`, f32 plan, 1 thread)",
+        "",
+        f"{loop['frames']} frames from a memory camera that delivers {loop['camera'][0]}x{loop['camera'][1]} YUYV (converted every frame,",
+        "as from a V4L2 camera), through preprocessing, the plan, scoring, the decision, the reject line,",
+        "the health and alarm lines, the status screen and the event log, as `anovit run` wires them.",
+        "",
+        "| stage | median per frame | mean |",
+        "|---|---|---|",
+    ]
+    for key, name in [("capture", "capture (YUYV to RGB)"), ("preprocess", "preprocess"), ("infer", "plan"),
+                      ("score", "anomaly map and score"), ("output", "decide, actuate, display, log"),
+                      ("around", "**everything but the plan**"), ("latency", "**capture to verdict**")]:
+        lines.append(f"| {name} | {loop[key]['median_ms']:.3f} ms | {loop[key]['mean_ms']:.3f} ms |")
+    lines += [
+        "",
+        f"- Around the plan: **{100 * loop['around_share']:.1f} %** of the plan's time per frame (means).",
+        f"- Sustained: **{loop['fps']:.1f} frames per second**; latency p50 {loop['latency']['median_ms']:.2f} ms, p99 "
+        f"{loop['latency']['p99_ms']:.2f} ms, **p99/p50 {loop['p99_over_p50']:.3f}**.",
+        f"- Heap allocations per frame: **{loop['allocs_ours_per_frame']:g} in anovit's code**, "
+        f"{loop['allocs_engine_per_frame']:g} inside tract (its plan allocates its intermediate tensors each run).",
+        f"- Peak RSS of `{f['peak_rss']['command']}`: **{f['peak_rss']['bytes'] / 1e6:.1f} MB**.",
+        "",
+        "Load to first result (median of 3):",
+        "",
+        "| bundle | format | median |",
+        "|---|---|---|",
+    ]
+    for ld in f["load"]:
+        lines.append(f"| `{Path(ld['bundle']).name}` | {ld['format']} | {ld['load_to_first_result']['median_ms']:.0f} ms |")
+    lines += ["", "## Where the time goes (f32, 1 thread, operators at 1 % or more)", "",
+              "| tract operator | ms per run | share | | onnxruntime operator | ms per run | share |", "|---|---|---|---|---|---|---|"]
+    t_ops = [o for o in f["profile"]["tract"]["ops"] if o["share"] >= 0.01]
+    o_ops = [o for o in f["profile"]["onnxruntime"]["ops"] if o["share"] >= 0.01]
+    for i in range(max(len(t_ops), len(o_ops))):
+        row = []
+        for ops in (t_ops, o_ops):
+            row += [f"`{ops[i]['op']}`", f"{ops[i]['ms']:.2f}", f"{100 * ops[i]['share']:.1f} %"] if i < len(ops) else ["", "", ""]
+        lines.append("| " + " | ".join(row[:3]) + " | | " + " | ".join(row[3:]) + " |")
+    lines += ["", *analysis(f), ""]
+    return "\n".join(lines)
+
+
+# Operators that carry the products (MatMul, Gemm, Conv, ConvTranspose) in each engine's profile.
+PRODUCT_OPS = {"tract": {"OptMatMul"}, "onnxruntime": {"Gemm", "MatMul", "FusedMatMul", "Conv", "ConvTranspose"}}
+
+
+def analysis(f):
+    """What the figures say, computed from them."""
+    gflop = f["flops_per_frame"] / 1e9
+    peak = f["peak_gflops_one_core"]["gflops"]
+    rates = {}
+    for eng in ("tract", "onnxruntime"):
+        ms = sum(o["ms"] for o in f["profile"][eng]["ops"] if o["op"] in PRODUCT_OPS[eng])
+        rates[eng] = (ms, gflop / ms * 1e3 if ms else 0.0)
+    t_ops = {o["op"]: o for o in f["profile"]["tract"]["ops"]}
+    best = {}
+    for p in f["plan"]:
+        if p["threads"] == 1:
+            best[p["precision"]] = p
+    loop, serial = f["loop"], f.get("loop_serial")
+    out = [
+        "## What the figures say",
+        "",
+        f"- **The products decide it.** tract spends {rates['tract'][0]:.1f} ms per run in its matrix-product kernels "
+        f"(`OptMatMul`, which also runs the convolutions' and transposed convolutions' products), "
+        f"{rates['tract'][1]:.0f} GFLOP/s or {100 * rates['tract'][1] / peak:.0f} % of the core's peak; onnxruntime "
+        f"spends {rates['onnxruntime'][0]:.1f} ms in Gemm/MatMul/Conv/ConvTranspose, {rates['onnxruntime'][1]:.0f} GFLOP/s "
+        f"({100 * rates['onnxruntime'][1] / peak:.0f} %). These are tract-linalg's kernels and blocking against "
+        "onnxruntime's MLAS on the same shapes: no setting of tract 0.23.9 moves them (forcing the AVX2 kernels with "
+        "`TRACT_CPU_ISA=-avx512f` or `TRACT_AVX512_FMA_UNITS=2` changed nothing measurable).",
+    ]
+    if "DeconvSum" in t_ops:
+        out.append(f"- **The decoder's overlap-add**: `DeconvSum` ({t_ops['DeconvSum']['ms']:.2f} ms, "
+                   f"{100 * t_ops['DeconvSum']['share']:.0f} %) sums the overlapping 4x4 windows of the stride-2 transposed "
+                   "convolutions with a generic loop; tract has a fast path only when kernel equals stride.")
+    extra = [f"`{k}` {t_ops[k]['ms']:.2f} ms" for k in ("OptMatMulPack", "Sub") if k in t_ops]
+    if extra:
+        out.append("- Then packing of activations before each product and LayerNorm's broadcast subtraction "
+                   f"({', '.join(extra)}), both tract-core's generic code.")
+    if "int8" in best and "f32" in best:
+        out.append(f"- **int8** runs slower than f32 in tract ({best['int8']['tract']['median_ms']:.1f} ms against "
+                   f"{best['f32']['tract']['median_ms']:.1f} ms): the ONNX QOperator file imports with requantisation glue "
+                   "around every product (`Scale`, `Min`, `Max`, `Sub`, `QuantizeLinearU8`); the rewrite into tract's own "
+                   "quantised operators that removes it is issue 5 (`../shared/notes/tract-int8-route.md`). onnxruntime gains "
+                   f"from int8 ({best['int8']['onnxruntime']['median_ms']:.1f} ms against {best['f32']['onnxruntime']['median_ms']:.1f} ms).")
+    two = [p for p in f["plan"] if p["threads"] == 2 and p["precision"] == "f32"]
+    if two and "f32" in best:
+        out.append(f"- **Two threads**: tract f32 {best['f32']['tract']['median_ms']:.1f} -> {two[0]['tract']['median_ms']:.1f} ms "
+                   f"(`multithread-mm`, products split above 16 panels instead of tract's 64); onnxruntime "
+                   f"{best['f32']['onnxruntime']['median_ms']:.1f} -> {two[0]['onnxruntime']['median_ms']:.1f} ms. On this "
+                   "2-core shared machine the second core is also where the other engine's idle threads and the host run.")
+    if serial:
+        out += [
+            f"- **Capture one frame ahead** (`[camera] prefetch = true`, the default): the conversion runs on the capture "
+            f"thread, so the loop's own time around the plan drops from {100 * serial['around_share']:.1f} % (capture in the "
+            f"loop, {serial['capture']['median_ms']:.2f} ms of conversion per frame) to {100 * loop['around_share']:.1f} %. "
+            f"Throughput: {serial['fps']:.1f} -> {loop['fps']:.1f} frames per second. The memory camera always has the next "
+            f"frame ready (a camera faster than the loop), so with prefetch a frame waits for the loop up to one loop period: "
+            f"latency p50 {serial['latency']['median_ms']:.1f} -> {loop['latency']['median_ms']:.1f} ms. A station is sized "
+            "so that the loop outpaces its camera or trigger; then the frame is handed over as it arrives and prefetch "
+            "only removes the conversion from its path. `prefetch = false` keeps capture in the loop.",
+        ]
+    return out
+
+
+if __name__ == "__main__":
+    main()
