@@ -274,16 +274,16 @@ def render(f):
                 lines.append(f"| {eng}, {p['model']} | {med:.2f} ms | {100 * floor_ms / med:.0f} % |")
     lines += [
         "",
-        "## The whole loop (`anovit bench`, f32 plan, 1 thread)",
+        "## The whole loop (`anovit bench`, f32 plan, 1 thread, capture in the loop: the default)",
         "",
-        f"{loop['frames']} frames from a memory camera that delivers {loop['camera'][0]}x{loop['camera'][1]} YUYV (converted every frame,",
-        "as from a V4L2 camera), through preprocessing, the plan, scoring, the decision, the reject line,",
-        "the health and alarm lines, the status screen and the event log, as `anovit run` wires them.",
+        f"{loop['frames']} frames from a memory camera that delivers {loop['camera'][0]}x{loop['camera'][1]} YUYV (copied out of its",
+        "ring every frame, as the V4L2 source does), through preprocessing, the plan, scoring, the decision, the reject",
+        "line, the health and alarm lines, the status screen and the event log, as `anovit run` wires them.",
         "",
         "| stage | median per frame | mean |",
         "|---|---|---|",
     ]
-    for key, name in [("capture", "capture (YUYV to RGB)"), ("preprocess", "preprocess"), ("infer", "plan"),
+    for key, name in [("capture", "capture (copy out of the camera ring)"), ("preprocess", "preprocess (YUYV sampled, converted, resized, normalised)"), ("infer", "plan"),
                       ("score", "anomaly map and score"), ("output", "decide, actuate, display, log"),
                       ("around", "**everything but the plan**"), ("latency", "**capture to verdict**")]:
         lines.append(f"| {name} | {loop[key]['median_ms']:.3f} ms | {loop[key]['mean_ms']:.3f} ms |")
@@ -333,17 +333,22 @@ def analysis(f):
     for p in f["plan"]:
         if p["threads"] == 1:
             best[p["precision"]] = p
-    loop, serial = f["loop"], f.get("loop_serial")
+    loop, ahead = f["loop"], f.get("loop_prefetch")
+    rest = {eng: sum(o["ms"] for o in f["profile"][eng]["ops"]) - rates[eng][0] for eng in rates}
     out = [
         "## What the figures say",
         "",
-        f"- **The products decide it.** tract spends {rates['tract'][0]:.1f} ms per run in its matrix-product kernels "
-        f"(`OptMatMul`, which also runs the convolutions' and transposed convolutions' products), "
-        f"{rates['tract'][1]:.0f} GFLOP/s or {100 * rates['tract'][1] / peak:.0f} % of the core's peak; onnxruntime "
-        f"spends {rates['onnxruntime'][0]:.1f} ms in Gemm/MatMul/Conv/ConvTranspose, {rates['onnxruntime'][1]:.0f} GFLOP/s "
-        f"({100 * rates['onnxruntime'][1] / peak:.0f} %). These are tract-linalg's kernels and blocking against "
-        "onnxruntime's MLAS on the same shapes: no setting of tract 0.23.9 moves them (forcing the AVX2 kernels with "
-        "`TRACT_CPU_ISA=-avx512f` or `TRACT_AVX512_FMA_UNITS=2` changed nothing measurable).",
+        "From the operator profiles above (profiled runs, a little slower than the timed ones):",
+        "",
+        f"- **Products**: tract {rates['tract'][0]:.1f} ms in `OptMatMul` (every product, including the convolutions' "
+        f"and transposed convolutions'), {rates['tract'][1]:.0f} GFLOP/s or {100 * rates['tract'][1] / peak:.0f} % of "
+        f"the core's peak; onnxruntime {rates['onnxruntime'][0]:.1f} ms in Gemm/MatMul/Conv/ConvTranspose (its "
+        f"ConvTranspose includes the overlap-add), {rates['onnxruntime'][1]:.0f} GFLOP/s ({100 * rates['onnxruntime'][1] / peak:.0f} %). "
+        "No setting of tract 0.23.9 moved its kernels (forcing the AVX2 kernels with `TRACT_CPU_ISA=-avx512f`, or "
+        "`TRACT_AVX512_FMA_UNITS=2`, changed nothing measurable).",
+        f"- **Everything else**: tract {rest['tract']:.1f} ms, onnxruntime {rest['onnxruntime']:.1f} ms. tract's share of "
+        "it is in the operators below; onnxruntime fuses LayerNorm, the attention's scaling and the products' packing "
+        "into its kernels.",
     ]
     if "DeconvSum" in t_ops:
         out.append(f"- **The decoder's overlap-add**: `DeconvSum` ({t_ops['DeconvSum']['ms']:.2f} ms, "
@@ -365,17 +370,17 @@ def analysis(f):
                    f"(`multithread-mm`, products split above 16 panels instead of tract's 64); onnxruntime "
                    f"{best['f32']['onnxruntime']['median_ms']:.1f} -> {two[0]['onnxruntime']['median_ms']:.1f} ms. On this "
                    "2-core shared machine the second core is also where the other engine's idle threads and the host run.")
-    if serial:
-        out += [
-            f"- **Capture one frame ahead** (`[camera] prefetch = true`, the default): the conversion runs on the capture "
-            f"thread, so the loop's own time around the plan drops from {100 * serial['around_share']:.1f} % (capture in the "
-            f"loop, {serial['capture']['median_ms']:.2f} ms of conversion per frame) to {100 * loop['around_share']:.1f} %. "
-            f"Throughput: {serial['fps']:.1f} -> {loop['fps']:.1f} frames per second. The memory camera always has the next "
-            f"frame ready (a camera faster than the loop), so with prefetch a frame waits for the loop up to one loop period: "
-            f"latency p50 {serial['latency']['median_ms']:.1f} -> {loop['latency']['median_ms']:.1f} ms. A station is sized "
-            "so that the loop outpaces its camera or trigger; then the frame is handed over as it arrives and prefetch "
-            "only removes the conversion from its path. `prefetch = false` keeps capture in the loop.",
-        ]
+    if ahead:
+        out.append(
+            f"- **Capture one frame ahead** (`[camera] prefetch = true`, off by default): the capture thread copies "
+            f"the next frame while the loop judges this one, so the loop's own capture time drops from "
+            f"{loop['capture']['median_ms']:.3f} to {ahead['capture']['median_ms']:.3f} ms and its time around the plan from "
+            f"{100 * loop['around_share']:.1f} % to {100 * ahead['around_share']:.1f} %; {loop['fps']:.1f} -> "
+            f"{ahead['fps']:.1f} frames per second. The memory camera always has a frame ready (a camera faster than the "
+            f"loop), so a frame captured ahead waits for the loop: latency p50 {loop['latency']['median_ms']:.1f} -> "
+            f"{ahead['latency']['median_ms']:.1f} ms. With YUYV kept packed (the preprocessing converts only the pixels "
+            "it samples) capture costs the loop little, so prefetch is worth it only where capture is expensive: MJPEG "
+            "decoding, or a board whose plan runs on one core while others idle.")
     return out
 
 

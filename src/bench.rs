@@ -262,14 +262,14 @@ mod arm {
 }
 
 /// A camera that replays frames from memory in the camera's own format (YUYV, what most USB
-/// and CSI cameras deliver), converting each one as the V4L2 source does: the capture stage's
-/// real work without the driver.
+/// and CSI cameras deliver), copying each one out as the V4L2 source does from its ring: the
+/// capture stage's real work without the driver.
 pub struct MemoryCamera {
     yuyv: Vec<Vec<u8>>,
     truth: Vec<(bool, &'static str)>,
     width: usize,
     height: usize,
-    rgb: Vec<u8>,
+    frame: Vec<u8>,
     next: usize,
     left: u64,
     meta: FrameMeta,
@@ -294,10 +294,10 @@ impl MemoryCamera {
             truth,
             width,
             height,
-            rgb,
+            frame: vec![0; width * height * 2],
             next: 0,
             left: total,
-            meta: FrameMeta::new(width, height, PixelFormat::Rgb8),
+            meta: FrameMeta::new(width, height, PixelFormat::Yuyv),
         }
     }
 }
@@ -309,7 +309,7 @@ impl FrameSource for MemoryCamera {
         }
         self.left -= 1;
         let i = self.next % self.yuyv.len();
-        convert(CameraFormat::Yuyv, &self.yuyv[i], self.width, self.height, self.width * 2, &mut self.rgb)
+        convert(CameraFormat::Yuyv, &self.yuyv[i], self.width, self.height, self.width * 2, &mut self.frame)
             .map_err(|_| CaptureError::Corrupt)?;
         self.meta.seq = self.next as u64;
         self.meta.timestamp = now;
@@ -317,7 +317,7 @@ impl FrameSource for MemoryCamera {
         self.meta.label.clear();
         let _ = self.meta.label.push_str(self.truth[i].1);
         self.next += 1;
-        Ok(Some(Frame { data: &self.rgb, meta: &self.meta }))
+        Ok(Some(Frame { data: &self.frame, meta: &self.meta }))
     }
 
     fn max_size(&self) -> (usize, usize) {
@@ -342,7 +342,7 @@ pub fn rgb_to_yuyv(rgb: &[u8], width: usize, height: usize) -> Vec<u8> {
 /// The whole loop, frame by frame.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct LoopFigures {
-    /// Capture on a thread of its own, one frame ahead (`[camera] prefetch`, the default).
+    /// Capture on a thread of its own, one frame ahead (`[camera] prefetch = true`).
     pub prefetch: bool,
     /// Frames measured (after the warm-up).
     pub frames: usize,
@@ -497,7 +497,9 @@ mod tests {
         let yuyv = rgb_to_yuyv(&rgb, w, h);
         assert_eq!(yuyv.len(), w * h * 2);
         let mut back = vec![0u8; w * h * 3];
-        convert(CameraFormat::Yuyv, &yuyv, w, h, w * 2, &mut back).unwrap();
+        for (src, dst) in yuyv.chunks_exact(2 * w).zip(back.chunks_exact_mut(3 * w)) {
+            crate::capture::convert::yuyv_row(src, dst);
+        }
         let worst = rgb.iter().zip(&back).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
         assert!(worst <= 6, "largest channel error {worst}");
     }
@@ -507,7 +509,7 @@ mod tests {
         let mut cam = MemoryCamera::synthetic(64, 48, 2, 3);
         let mut labels = Vec::new();
         while let Some(f) = cam.next_frame(Duration::from_millis(7)).unwrap() {
-            assert_eq!(f.data.len(), 64 * 48 * 3);
+            assert_eq!((f.data.len(), f.meta.format), (64 * 48 * 2, PixelFormat::Yuyv));
             assert_eq!(f.meta.timestamp, Duration::from_millis(7));
             labels.push((f.meta.seq, f.meta.truth));
         }

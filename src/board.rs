@@ -71,15 +71,12 @@ pub struct Camera {
     /// V4L2: no frame for this long is a stall (the part is rejected, the health line drops).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Capture one frame ahead on a thread of its own, so that conversion and decoding run on
-    /// another core while the loop judges the frame before (docs/PERF.md); `false` captures in
-    /// the loop, one core only.
-    #[serde(default = "default_prefetch")]
+    /// Capture one frame ahead on a thread of its own, so that decoding (MJPEG) runs on another
+    /// core while the loop judges the frame before. Off by default: with a camera faster than
+    /// the loop a frame then waits up to one loop period, and uncompressed frames cost the loop
+    /// little to capture (docs/PERF.md has both ways).
+    #[serde(default)]
     pub prefetch: bool,
-}
-
-fn default_prefetch() -> bool {
-    true
 }
 
 fn default_width() -> u32 {

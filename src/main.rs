@@ -387,7 +387,7 @@ fn stop_on_signals() -> &'static std::sync::atomic::AtomicBool {
 }
 
 /// The frame source the profile (or `--folder`) asks for, read one frame ahead on a capture
-/// thread unless the profile says `prefetch = false`.
+/// thread when the profile says `prefetch = true`.
 fn open_source(board: &BoardProfile, a: &RunArgs, clock: MonotonicClock) -> Result<Box<dyn FrameSource>> {
     let source = open_camera(board, a)?;
     if !board.camera.prefetch {
@@ -868,6 +868,13 @@ fn save_frame(path: &Path, data: &[u8], m: &anovit::capture::FrameMeta) -> Resul
     let r = match m.format {
         PixelFormat::Rgb8 => image::RgbImage::from_raw(w, h, data.to_vec()).map(|i| i.save(path)),
         PixelFormat::Gray8 => image::GrayImage::from_raw(w, h, data.to_vec()).map(|i| i.save(path)),
+        PixelFormat::Yuyv => {
+            let mut rgb = vec![0; m.width * m.height * 3];
+            for (src, dst) in data.chunks_exact(2 * m.width).zip(rgb.chunks_exact_mut(3 * m.width)) {
+                anovit::capture::convert::yuyv_row(src, dst);
+            }
+            image::RgbImage::from_raw(w, h, rgb).map(|i| i.save(path))
+        }
     };
     r.context("frame has the wrong size")?.with_context(|| format!("cannot write {}", path.display()))
 }
@@ -1034,7 +1041,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
                 100.0 * l.around_share, l.latency.median_ms, l.latency.p99_ms, l.p99_over_p50,
                 l.allocs_ours_per_frame, l.allocs_engine_per_frame
             );
-            json.insert(if prefetch { "loop" } else { "loop_serial" }.into(), serde_json::to_value(&l)?);
+            json.insert(if prefetch { "loop_prefetch" } else { "loop" }.into(), serde_json::to_value(&l)?);
         }
     }
 

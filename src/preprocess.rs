@@ -6,7 +6,8 @@
 use std::fmt;
 
 use crate::bundle::{ColorMode, InputSpec};
-use crate::capture::Frame;
+use crate::capture::convert::yuyv_to_rgb;
+use crate::capture::{Frame, PixelFormat};
 
 /// Why a frame could not be preprocessed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +96,9 @@ impl Preprocessor {
     pub fn run(&mut self, frame: &Frame<'_>) -> Result<&[f32], PreprocessError> {
         let m = frame.meta;
         let bpp = m.format.bytes_per_pixel();
-        if m.width == 0 || m.height == 0 || frame.data.len() != m.width * m.height * bpp {
+        // YUYV pixels come in pairs: an odd width has no chroma for its last pixel.
+        let odd_yuyv = m.format == PixelFormat::Yuyv && m.width % 2 == 1;
+        if m.width == 0 || m.height == 0 || frame.data.len() != m.width * m.height * bpp || odd_yuyv {
             return Err(PreprocessError::SizeMismatch);
         }
         let [rx, ry, rw, rh] = self.roi.unwrap_or([0, 0, m.width as u32, m.height as u32]).map(|v| v as usize);
@@ -112,14 +115,16 @@ impl Preprocessor {
         let stride = m.width * bpp;
         // One source pixel (row slice, byte offset) as three f32 channels; luminance first in
         // gray mode, as in Python. One monomorphised loop per pixel kind.
-        match (bpp, self.color) {
-            (1, _) => self.resize(frame.data, stride, 1, |r: &[u8], o| [f32::from(r[o]); 3]),
-            (_, ColorMode::Gray) => self.resize(frame.data, stride, bpp, |r: &[u8], o| {
-                [0.299 * f32::from(r[o]) + 0.587 * f32::from(r[o + 1]) + 0.114 * f32::from(r[o + 2]); 3]
-            }),
-            _ => self.resize(frame.data, stride, bpp, |r: &[u8], o| {
-                [f32::from(r[o]), f32::from(r[o + 1]), f32::from(r[o + 2])]
-            }),
+        let luma = |[r, g, b]: [f32; 3]| [0.299 * r + 0.587 * g + 0.114 * b; 3];
+        // YUYV: byte 2x is pixel x's luma, its pair's chroma sits at (2x & !3) + 1 and + 3.
+        let yuyv = |r: &[u8], o: usize| yuyv_to_rgb(r[o], r[(o & !3) + 1], r[(o & !3) + 3]).map(f32::from);
+        let rgb = |r: &[u8], o: usize| [f32::from(r[o]), f32::from(r[o + 1]), f32::from(r[o + 2])];
+        match (m.format, self.color) {
+            (PixelFormat::Gray8, _) => self.resize(frame.data, stride, 1, |r: &[u8], o| [f32::from(r[o]); 3]),
+            (PixelFormat::Yuyv, ColorMode::Gray) => self.resize(frame.data, stride, 2, |r: &[u8], o| luma(yuyv(r, o))),
+            (PixelFormat::Yuyv, _) => self.resize(frame.data, stride, 2, yuyv),
+            (PixelFormat::Rgb8, ColorMode::Gray) => self.resize(frame.data, stride, 3, |r: &[u8], o| luma(rgb(r, o))),
+            (PixelFormat::Rgb8, _) => self.resize(frame.data, stride, 3, rgb),
         }
         Ok(&self.out)
     }
@@ -226,6 +231,28 @@ mod tests {
         s.shape = vec![1, 3, 2, 2];
         let mut p = Preprocessor::new(&s);
         assert_eq!(p.run(&Frame { data: &data, meta: &m }), Err(PreprocessError::RoiOutside));
+    }
+
+    #[test]
+    fn yuyv_frames_give_the_input_their_rgb_conversion_gives() {
+        let (w, h) = (10, 6);
+        let yuyv: Vec<u8> = (0..w * h * 2).map(|i| (i * 29 % 241 + 8) as u8).collect();
+        let mut rgb = vec![0u8; w * h * 3];
+        for (src, dst) in yuyv.chunks_exact(2 * w).zip(rgb.chunks_exact_mut(3 * w)) {
+            crate::capture::convert::yuyv_row(src, dst);
+        }
+        for (color, roi) in [(ColorMode::Rgb, None), (ColorMode::Gray, Some([1, 1, 7, 4]))] {
+            let mut s = spec(4, 3, roi);
+            s.shape = vec![1, 3, 3, 4];
+            s.color = color;
+            let mut p = Preprocessor::new(&s);
+            let want = p.run(&Frame { data: &rgb, meta: &meta(w, h, PixelFormat::Rgb8) }).unwrap().to_vec();
+            let got = p.run(&Frame { data: &yuyv, meta: &meta(w, h, PixelFormat::Yuyv) }).unwrap();
+            assert_eq!(got, &want[..], "{color:?}");
+        }
+        let odd = meta(3, 1, PixelFormat::Yuyv);
+        let mut p = Preprocessor::new(&spec(2, 1, None));
+        assert_eq!(p.run(&Frame { data: &[0; 6], meta: &odd }), Err(PreprocessError::SizeMismatch));
     }
 
     #[test]

@@ -89,11 +89,12 @@ fn camera_format_conversion_allocates_nothing() {
     let (w, h) = (640, 480);
     let mut rgb = vec![0u8; w * h * 3];
     let mut grey = vec![0u8; w * h];
+    let mut packed = vec![0u8; w * h * 2];
     let yuyv: Vec<u8> = (0..w * h * 2).map(|i| (i * 7 % 251) as u8).collect();
     let rgb_in: Vec<u8> = (0..w * h * 3).map(|i| (i % 253) as u8).collect();
     let before = allocations().0;
     for _ in 0..5 {
-        convert(CameraFormat::Yuyv, &yuyv, w, h, w * 2, &mut rgb).unwrap();
+        convert(CameraFormat::Yuyv, &yuyv, w, h, w * 2, &mut packed).unwrap();
         convert(CameraFormat::Rgb24, &rgb_in, w, h, w * 3, &mut rgb).unwrap();
         convert(CameraFormat::Grey, &rgb_in[..w * h], w, h, w, &mut grey).unwrap();
     }

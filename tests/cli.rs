@@ -347,3 +347,30 @@ fn bench_serve_answers_run_requests_and_refuses_bad_ones() {
     assert_eq!(o.status.code(), Some(1), "a request for a missing configuration ends with an error");
     assert!(err.contains("no configuration 5") && !err.contains("panicked"), "{err}");
 }
+
+/// `anovit bench` end to end on a short run: every section is there, the loop allocated nothing
+/// in anovit's code, and the demo's peak memory stays under the 150 MB budget (figures of speed
+/// are printed by the benchmark, never asserted).
+#[test]
+fn bench_reports_every_figure_and_no_allocation_of_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let fixed = "bench --model models/demo-f32 --threads 1 --runs 1 --rounds 1 --frames 4 --camera 320x240 \
+                 --rss-parts 3 --profile 1 --json";
+    let args: Vec<&str> = fixed.split_whitespace().chain([json.to_str().unwrap()]).collect();
+    let o = anovit(&args);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(j["peak_gflops_one_core"]["gflops"].as_f64().unwrap() > 0.0);
+    assert_eq!(j["plan"].as_array().unwrap().len(), 1);
+    assert!(j["profile"]["ops"].as_array().unwrap().iter().any(|o| o["op"] == "OptMatMul"), "{}", j["profile"]);
+    for section in ["loop", "loop_prefetch"] {
+        let l = &j[section];
+        assert_eq!(l["frames"], 4, "{section}");
+        assert_eq!(l["allocs_ours_per_frame"], 0.0, "{section}: anovit's code allocated per frame");
+        assert!(l["infer"]["median_ms"].as_f64().unwrap() > 0.0);
+    }
+    let rss = j["peak_rss"]["bytes"].as_u64().unwrap();
+    assert!(rss > 10_000_000 && rss < 150_000_000, "peak RSS {rss} bytes");
+}

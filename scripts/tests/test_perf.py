@@ -40,3 +40,21 @@ def test_percentiles_match_the_runtime():
     s = perf.summary(ms)
     assert (s["n"], s["median_ms"], s["p99_ms"], s["min_ms"]) == (100, 50.5, 99.0, 1.0)
     assert perf.nearest_rank([1.0, 2.0, 3.0], 50) == 2.0
+
+
+def test_quick_run_measures_both_engines_side_by_side():
+    """perf.py --quick end to end: anovit bench --serve beside onnxruntime, then anovit bench;
+    it writes under target/perf, not docs/."""
+    import json
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, str(perf.ROOT / "scripts" / "perf.py"), "--quick", "--models", "models/demo-f32",
+                    "--threads", "1"], cwd=perf.ROOT, check=True, capture_output=True)
+    f = json.loads((perf.ROOT / "target" / "perf" / "perf.json").read_text())
+    (p,) = f["plan"]
+    assert p["tract"]["n"] == p["onnxruntime"]["n"] == 4
+    assert p["speed_vs_onnxruntime"] > 0
+    assert abs(f["flops_per_frame"] / 1e9 - 1.712) < 0.01, "the demo model's FLOPs (docs/MODEL.md)"
+    assert f["loop"]["allocs_ours_per_frame"] == 0
+    assert "## What the figures say" in (perf.ROOT / "target" / "perf" / "PERF.md").read_text()

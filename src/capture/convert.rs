@@ -1,5 +1,6 @@
-//! Camera pixel formats into the loop's frame layouts (RGB8 or GREY8, rows without padding),
-//! written into a buffer the caller owns, so capture allocates nothing per frame in this crate.
+//! Camera pixel formats into the loop's frame layouts (RGB8, GREY8 or packed YUYV, rows
+//! without padding), written into a buffer the caller owns, so capture allocates nothing per
+//! frame in this crate. YUYV stays packed: the preprocessing converts the pixels it samples.
 
 use std::io::Cursor;
 
@@ -48,7 +49,8 @@ impl CameraFormat {
     pub fn output(self) -> PixelFormat {
         match self {
             CameraFormat::Grey => PixelFormat::Gray8,
-            _ => PixelFormat::Rgb8,
+            CameraFormat::Yuyv => PixelFormat::Yuyv,
+            CameraFormat::Rgb24 | CameraFormat::Mjpeg => PixelFormat::Rgb8,
         }
     }
 
@@ -120,27 +122,28 @@ pub fn convert(
     for (row, out) in dst.chunks_exact_mut(out_row).enumerate() {
         let line = &src[row * stride..row * stride + format.min_stride(width)];
         match format {
-            CameraFormat::Rgb24 | CameraFormat::Grey => out.copy_from_slice(line),
-            CameraFormat::Yuyv => yuyv_row(line, out),
+            CameraFormat::Rgb24 | CameraFormat::Grey | CameraFormat::Yuyv => out.copy_from_slice(line),
             CameraFormat::Mjpeg => unreachable!("handled above"),
         }
     }
     Ok(())
 }
 
-/// One row of YUYV into RGB, BT.601 limited range (what UVC webcams send), integer arithmetic
-/// with 8 fractional bits.
-fn yuyv_row(src: &[u8], dst: &mut [u8]) {
-    let clamp = |v: i32| (v >> 8).clamp(0, 255) as u8;
+/// One YUYV pixel (its luma and its pair's chroma) as RGB, BT.601 limited range (what UVC
+/// webcams send), integer arithmetic with 8 fractional bits.
+#[inline]
+pub fn yuyv_to_rgb(y: u8, u: u8, v: u8) -> [u8; 3] {
+    let clamp = |t: i32| (t >> 8).clamp(0, 255) as u8;
+    let (u, v) = (i32::from(u) - 128, i32::from(v) - 128);
+    let c = 298 * (i32::from(y) - 16) + 128;
+    [clamp(c + 409 * v), clamp(c - 100 * u - 208 * v), clamp(c + 516 * u)]
+}
+
+/// One row of YUYV into RGB (for saving and showing frames; the loop samples YUYV directly).
+pub fn yuyv_row(src: &[u8], dst: &mut [u8]) {
     for (pair, rgb) in src.chunks_exact(4).zip(dst.chunks_exact_mut(6)) {
-        let (u, v) = (i32::from(pair[1]) - 128, i32::from(pair[3]) - 128);
-        let (ru, gu, gv, bv) = (409 * v, -100 * u, -208 * v, 516 * u);
-        for (k, y) in [pair[0], pair[2]].into_iter().enumerate() {
-            let c = 298 * (i32::from(y) - 16) + 128;
-            rgb[3 * k] = clamp(c + ru);
-            rgb[3 * k + 1] = clamp(c + gu + gv);
-            rgb[3 * k + 2] = clamp(c + bv);
-        }
+        rgb[..3].copy_from_slice(&yuyv_to_rgb(pair[0], pair[1], pair[3]));
+        rgb[3..].copy_from_slice(&yuyv_to_rgb(pair[2], pair[1], pair[3]));
     }
     // An odd width leaves one pixel without a pair: repeat the last converted one.
     let n = dst.len() / 3;
@@ -195,8 +198,11 @@ mod tests {
         // Y, U, V of BT.601 limited-range white, black, red and mid grey.
         let px = |y: u8, u: u8, v: u8| [y, u, y, v];
         let src: Vec<u8> = [px(235, 128, 128), px(16, 128, 128), px(81, 90, 240), px(126, 128, 128)].concat();
+        let mut packed = vec![0; 8 * 2];
+        convert(CameraFormat::Yuyv, &src, 8, 1, 16, &mut packed).unwrap();
+        assert_eq!(packed, src, "YUYV frames stay packed");
         let mut dst = vec![0; 8 * 3];
-        convert(CameraFormat::Yuyv, &src, 8, 1, 16, &mut dst).unwrap();
+        yuyv_row(&packed, &mut dst);
         let close = |got: &[u8], want: [u8; 3]| got.iter().zip(want).all(|(&g, w)| g.abs_diff(w) <= 2);
         assert!(close(&dst[0..3], [255, 255, 255]), "{:?}", &dst[0..3]);
         assert!(close(&dst[6..9], [0, 0, 0]), "{:?}", &dst[6..9]);
@@ -219,7 +225,7 @@ mod tests {
 
     #[test]
     fn short_frames_are_errors() {
-        let mut dst = [0; 2 * 2 * 3];
+        let mut dst = [0; 2 * 2 * 2];
         let e = convert(CameraFormat::Yuyv, &[0; 7], 2, 2, 4, &mut dst).unwrap_err();
         assert_eq!(e, ConvertError::Short { need: 8, got: 7 });
     }

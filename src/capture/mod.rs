@@ -26,6 +26,10 @@ pub enum PixelFormat {
     Rgb8,
     /// 8-bit luminance.
     Gray8,
+    /// Packed 4:2:2 Y0 U Y1 V, as most USB and CSI cameras send it (even width). Kept packed:
+    /// the preprocessing converts only the pixels it samples (`convert::yuyv_to_rgb`), which
+    /// costs less than converting whole frames.
+    Yuyv,
 }
 
 impl PixelFormat {
@@ -34,6 +38,7 @@ impl PixelFormat {
         match self {
             PixelFormat::Rgb8 => 3,
             PixelFormat::Gray8 => 1,
+            PixelFormat::Yuyv => 2,
         }
     }
 }

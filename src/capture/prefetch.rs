@@ -1,6 +1,6 @@
-//! Capture one frame ahead on a thread of its own, so that format conversion, JPEG decoding or
-//! rendering run on another core while the loop works on the frame before: they leave the
-//! frame's critical path (docs/PERF.md measures both ways).
+//! Capture one frame ahead on a thread of its own, so that JPEG decoding or rendering run on
+//! another core while the loop works on the frame before: they leave the frame's critical path
+//! (`[camera] prefetch = true`; docs/PERF.md measures both ways).
 //!
 //! Two buffers circulate between the capture thread and the loop: the loop holds the frame it is
 //! judging, the capture thread fills the other one and then waits, so a frame waits at most one
