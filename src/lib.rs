@@ -17,6 +17,7 @@ pub mod clock;
 pub mod dataset;
 pub mod decision;
 pub mod display;
+pub mod ejector;
 pub mod error;
 pub mod evaluate;
 #[cfg(feature = "hw-gpio")]
