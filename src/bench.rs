@@ -404,6 +404,7 @@ pub fn bench_loop(
         encoder: None,
         alarm: Some(AlarmOutput { line: status_line()?, policy: AlarmPolicy::new(3, 10) }),
         notifier: None,
+        ejector: None,
     };
     let mut insp = Inspector::new(
         source,

@@ -201,6 +201,23 @@ pub struct Health {
 }
 
 /// Alarm output: raised when parts keep faulting (late results, no frames, failed inference),
+/// Where the ejector is, downstream of the camera (`[ejector]`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EjectorPlacement {
+    /// From the camera's view of a part to the ejector, along the belt, in millimetres.
+    pub travel_mm: f64,
+    /// The actuator's delay from signal to effect (air valve, diverter), in milliseconds.
+    #[serde(default)]
+    pub lead_ms: u64,
+    /// Belt speed in millimetres per second: positions by the clock (no `[encoder]`).
+    #[serde(default)]
+    pub belt_mm_per_s: Option<f64>,
+    /// Encoder edges per millimetre of belt: positions by the encoder (needs `[encoder]`).
+    #[serde(default)]
+    pub counts_per_mm: Option<f64>,
+}
+
 /// i.e. the station is not inspecting and the line should stop.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -301,9 +318,14 @@ pub struct BoardProfile {
     /// Optional part-present trigger (V4L2 cameras): one part per edge, instead of one per frame.
     #[serde(default)]
     pub trigger: Option<Input>,
-    /// Optional belt encoder input: its edges are counted (reported in the summaries).
+    /// Optional belt encoder input: its edges are counted (reported in the summaries) and,
+    /// with `[ejector]`, clock the parts to the ejector.
     #[serde(default)]
     pub encoder: Option<Input>,
+    /// Optional ejector placement: the reject pulse fires when the part reaches the ejector
+    /// (every part a reject until its pass arrives in time), instead of at the verdict.
+    #[serde(default)]
+    pub ejector: Option<EjectorPlacement>,
     /// Timing.
     pub timing: Timing,
     /// Display.
@@ -402,6 +424,39 @@ impl BoardProfile {
         if self.encoder.as_ref().is_some_and(|e| e.delay_ms != 0) {
             return Err("`encoder.delay_ms` has no meaning: remove it".into());
         }
+        if let Some(e) = &self.ejector {
+            let positive = |v: f64| v.is_finite() && v > 0.0;
+            if !positive(e.travel_mm) {
+                return Err(format!("`ejector.travel_mm` {} must be a positive distance", e.travel_mm));
+            }
+            match (self.encoder.is_some(), e.counts_per_mm, e.belt_mm_per_s) {
+                (true, Some(c), _) if positive(c) => {}
+                (true, _, _) => {
+                    return Err(
+                        "`ejector.counts_per_mm` (encoder edges per mm of belt, > 0) is required with an `[encoder]`"
+                            .into(),
+                    )
+                }
+                (false, Some(_), _) => {
+                    return Err(
+                        "`ejector.counts_per_mm` needs an `[encoder]`; without one, give `ejector.belt_mm_per_s`"
+                            .into(),
+                    )
+                }
+                (false, None, Some(v)) if positive(v) => {
+                    if e.lead_ms as f64 >= 1000.0 * e.travel_mm / v {
+                        return Err(format!(
+                            "`ejector.lead_ms` {} is not shorter than the part's travel time ({:.0} ms at {v} mm/s): the ejector would have to act before the camera sees the part",
+                            e.lead_ms,
+                            1000.0 * e.travel_mm / v
+                        ));
+                    }
+                }
+                (false, None, _) => {
+                    return Err("`ejector.belt_mm_per_s` (> 0) is required without an `[encoder]`".into())
+                }
+            }
+        }
         if self.telemetry.summary_every_s == 0 {
             return Err("`telemetry.summary_every_s` must be at least 1".into());
         }
@@ -426,6 +481,19 @@ impl BoardProfile {
             buffers: c.buffers,
             timeout: Duration::from_millis(c.timeout_ms),
         }
+    }
+
+    /// The ejector's placement in belt positions (`[ejector]`), if there is one.
+    pub fn placement(&self) -> Option<crate::ejector::Placement> {
+        use crate::ejector::{Base, Placement};
+        let e = self.ejector.as_ref()?;
+        let lead = Duration::from_millis(e.lead_ms);
+        Some(match (self.encoder.is_some(), e.counts_per_mm, e.belt_mm_per_s) {
+            (true, Some(c), _) => Placement { base: Base::Encoder, travel: (e.travel_mm * c).round() as u64, lead },
+            (_, _, v) => {
+                Placement { base: Base::Time, travel: (1e6 * e.travel_mm / v.unwrap_or(1.0)).round() as u64, lead }
+            }
+        })
     }
 
     /// Result deadline.
@@ -489,6 +557,22 @@ kind = "memory"
     }
 
     #[test]
+    fn ejector_placement_by_clock_or_encoder() {
+        use crate::ejector::{Base, Placement};
+        let p =
+            BoardProfile::parse(&format!("{OK}[ejector]\ntravel_mm = 800.0\nlead_ms = 30\nbelt_mm_per_s = 500.0\n"))
+                .unwrap();
+        let lead = Duration::from_millis(30);
+        assert_eq!(p.placement(), Some(Placement { base: Base::Time, travel: 1_600_000, lead }), "800 mm at 500 mm/s");
+        let text = format!(
+            "{OK}[encoder]\nchip = \"gpiochip0\"\nline = 5\n[ejector]\ntravel_mm = 800.0\nlead_ms = 30\ncounts_per_mm = 2.5\n"
+        );
+        let p = BoardProfile::parse(&text).unwrap();
+        assert_eq!(p.placement(), Some(Placement { base: Base::Encoder, travel: 2000, lead }));
+        assert_eq!(BoardProfile::parse(OK).unwrap().placement(), None);
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases = [
             (OK.replace("pulse_ms = 40", "pulse_ms = 0"), "reject.pulse_ms"),
@@ -508,6 +592,11 @@ kind = "memory"
             (format!("{OK}[health]\nchip = \"gpiochip0\"\n"), "line"),
             (format!("{OK}[trigger]\nchip = \"gpiochip0\"\nline = 4\n"), "`[trigger]` needs a camera"),
             (format!("{OK}[encoder]\nchip = \"gpiochip0\"\nline = 5\nedge = \"up\"\n"), "up"),
+            (format!("{OK}[ejector]\ntravel_mm = 0.0\nbelt_mm_per_s = 500.0\n"), "ejector.travel_mm"),
+            (format!("{OK}[ejector]\ntravel_mm = 800.0\n"), "ejector.belt_mm_per_s"),
+            (format!("{OK}[ejector]\ntravel_mm = 800.0\ncounts_per_mm = 4.0\n"), "needs an `[encoder]`"),
+            (format!("{OK}[encoder]\nchip = \"c\"\nline = 5\n[ejector]\ntravel_mm = 800.0\n"), "ejector.counts_per_mm"),
+            (format!("{OK}[ejector]\ntravel_mm = 100.0\nbelt_mm_per_s = 1000.0\nlead_ms = 100\n"), "ejector.lead_ms"),
         ];
         for (text, key) in cases {
             let e = BoardProfile::parse(&text).unwrap_err();

@@ -14,11 +14,14 @@
 //! ([`Ejector::spawn`]) calls it at the next due time (time base) or every half millisecond
 //! (encoder base).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use embedded_hal::digital::OutputPin;
 
 use crate::actuation::RejectLine;
+use crate::clock::Clock;
 
 /// Parts that can be between the camera and the ejector at once.
 pub const CAPACITY: usize = 64;
@@ -198,6 +201,132 @@ impl<P: OutputPin> Ejector<P> {
             self.speed = if self.speed == 0.0 { v } else { 0.7 * self.speed + 0.3 * v };
             self.last_sample = Some((now, pos));
         }
+    }
+}
+
+/// Where the loop's part tracking goes: the ejector thread, or a test's stand-in.
+pub trait PartTracker: Send {
+    /// Admits part `part`, captured at `captured_at` on the loop's clock, as a reject. `false`:
+    /// no slot was free, the part was rejected at once (raise the alarm).
+    fn admit(&self, part: u64, captured_at: Duration) -> bool;
+    /// Records part `part`'s verdict.
+    fn resolve(&self, part: u64, reject: bool) -> Resolution;
+    /// Counters so far.
+    fn counters(&self) -> EjectorCounters;
+    /// Serves every part still on its way (each at its time), ends the last pulse and stops.
+    fn finish(&mut self);
+}
+
+/// Belt positions as the thread reads them.
+#[derive(Clone, Debug)]
+pub enum BeltPosition {
+    /// Microseconds of the loop's clock.
+    Clock,
+    /// The running count of the encoder's edges.
+    Encoder(Arc<AtomicU64>),
+}
+
+impl BeltPosition {
+    fn at(&self, now: Duration) -> u64 {
+        match self {
+            BeltPosition::Clock => now.as_micros() as u64,
+            BeltPosition::Encoder(c) => c.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Shared<P: OutputPin> {
+    state: Mutex<(Ejector<P>, bool)>,
+    wake: Condvar,
+}
+
+impl<P: OutputPin> Shared<P> {
+    fn lock(&self) -> MutexGuard<'_, (Ejector<P>, bool)> {
+        // A panic elsewhere must not silence the ejector: keep serving the state as it is.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The ejector on a thread of its own, owning the reject pin: it wakes at each part's due time
+/// (time base) or every half millisecond while parts are on their way (encoder base), and at
+/// each pulse's end.
+pub struct EjectorThread<P: OutputPin> {
+    shared: Arc<Shared<P>>,
+    belt: BeltPosition,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<P: OutputPin + Send + 'static> EjectorThread<P> {
+    /// Starts serving `ejector`, reading positions from `belt` and time from `clock`.
+    pub fn spawn<C: Clock + Send + 'static>(
+        ejector: Ejector<P>,
+        belt: BeltPosition,
+        clock: C,
+    ) -> std::io::Result<Self> {
+        let base = ejector.placement.base;
+        let shared = Arc::new(Shared { state: Mutex::new((ejector, false)), wake: Condvar::new() });
+        let (s, b) = (Arc::clone(&shared), belt.clone());
+        let thread = std::thread::Builder::new().name("anovit-ejector".into()).spawn(move || {
+            let mut g = s.lock();
+            loop {
+                let now = clock.now();
+                let pos = b.at(now);
+                let next = g.0.service(pos, now);
+                let pulse = g.0.pulse_remaining(now);
+                if g.1 && next.is_none() && pulse.is_none() {
+                    break;
+                }
+                let mut wait = Duration::from_millis(20);
+                if let Some(due) = next {
+                    wait = wait.min(match base {
+                        Base::Time => Duration::from_micros(due.saturating_sub(pos)),
+                        Base::Encoder => Duration::from_micros(500),
+                    });
+                }
+                if let Some(left) = pulse {
+                    wait = wait.min(left);
+                }
+                g = s.wake.wait_timeout(g, wait).unwrap_or_else(PoisonError::into_inner).0;
+            }
+        })?;
+        Ok(Self { shared, belt, thread: Some(thread) })
+    }
+}
+
+impl<P: OutputPin + Send + 'static> PartTracker for EjectorThread<P> {
+    fn admit(&self, part: u64, captured_at: Duration) -> bool {
+        let at = self.belt.at(captured_at);
+        let ok = self.shared.lock().0.admit(part, at, captured_at);
+        self.shared.wake.notify_one();
+        ok
+    }
+
+    fn resolve(&self, part: u64, reject: bool) -> Resolution {
+        let r = self.shared.lock().0.resolve(part, reject);
+        self.shared.wake.notify_one();
+        r
+    }
+
+    fn counters(&self) -> EjectorCounters {
+        self.shared.lock().0.counters()
+    }
+
+    fn finish(&mut self) {
+        self.shared.lock().1 = true;
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("the ejector thread panicked");
+            }
+        }
+    }
+}
+
+impl<P: OutputPin> Drop for EjectorThread<P> {
+    fn drop(&mut self) {
+        // Without `finish`, the thread still serves the parts on their way, then ends.
+        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+        self.shared.wake.notify_one();
     }
 }
 

@@ -14,6 +14,7 @@ use anovit::capture::{FrameSource, Prefetched, ReplaySource, SyntheticSource};
 use anovit::clock::MonotonicClock;
 use anovit::decision::{AlarmPolicy, Decider};
 use anovit::display::MemoryFramebuffer;
+use anovit::ejector::{Base, BeltPosition, Ejector, EjectorThread, PartTracker, Placement};
 use anovit::evaluate::{evaluate, score_files, EvalOptions, FrameScorer};
 use anovit::model::Model;
 use anovit::pipeline::{AlarmOutput, Inspector, Outcome, Outputs};
@@ -342,25 +343,43 @@ fn run(a: RunArgs) -> Result<()> {
 
     let clock = MonotonicClock::new();
     let source = open_source(&board, &a, clock)?;
+    let encoder = open_encoder(&board)?;
+    let placement = board.placement();
+    // With an ejector, its thread owns the reject line and the loop's own line stays idle.
+    let idle = || {
+        RejectLine::new(RecordingPin::<_, 16>::new(clock), board.reject.polarity, board.pulse())
+            .unwrap_or_else(|e| match e {})
+    };
     match board.reject.output {
         OutputKind::Recording => {
             let line = RejectLine::new(RecordingPin::<_, 1024>::new(clock), board.reject.polarity, board.pulse())
                 .unwrap_or_else(|e| match e {});
-            run_loop(source, model, line, clock, &bundle, &board, &a)
+            match placement {
+                None => run_loop(source, model, line, clock, &bundle, &board, &a, encoder, None),
+                Some(p) => {
+                    let ejector = spawn_ejector(p, line, &encoder, clock)?;
+                    run_loop(source, model, idle(), clock, &bundle, &board, &a, encoder, Some(ejector))
+                }
+            }
         }
         #[cfg(feature = "hw-gpio")]
         OutputKind::Gpio => {
             let (Some(chip), Some(n)) = (board.reject.chip.as_deref(), board.reject.line.as_ref()) else {
                 bail!("board profile {:?}: `reject.chip` and `reject.line` are required for a GPIO reject line", board.name)
             };
-            let idle = anovit::actuation::line_level(false, board.reject.polarity);
-            let pin = anovit::gpio::open_output(chip, n, idle, "anovit-reject")?;
+            let idle_level = anovit::actuation::line_level(false, board.reject.polarity);
+            let pin = anovit::gpio::open_output(chip, n, idle_level, "anovit-reject")?;
+            log::info!("reject line: GPIO line {n} of {chip} ({:?})", board.reject.polarity);
+            let cannot = || format!("cannot drive GPIO line {n} of {chip}");
+            if let Some(p) = placement {
+                let line = RejectLine::new(pin, board.reject.polarity, board.pulse()).with_context(cannot)?;
+                let ejector = spawn_ejector(p, line, &encoder, clock)?;
+                return run_loop(source, model, idle(), clock, &bundle, &board, &a, encoder, Some(ejector));
+            }
             let pin = anovit::actuation::TimedPin::spawn(pin, board.reject.polarity, board.pulse())
                 .context("cannot start the reject line's timer thread")?;
-            let line = RejectLine::new(pin, board.reject.polarity, board.pulse())
-                .with_context(|| format!("cannot drive GPIO line {n} of {chip}"))?;
-            log::info!("reject line: GPIO line {n} of {chip} ({:?})", board.reject.polarity);
-            run_loop(source, model, line, clock, &bundle, &board, &a)
+            let line = RejectLine::new(pin, board.reject.polarity, board.pulse()).with_context(cannot)?;
+            run_loop(source, model, line, clock, &bundle, &board, &a, encoder, None)
         }
         #[cfg(not(feature = "hw-gpio"))]
         OutputKind::Gpio => bail!(
@@ -368,6 +387,28 @@ fn run(a: RunArgs) -> Result<()> {
             board.name
         ),
     }
+}
+
+/// The ejector's thread, driving `line` when each part reaches the ejector.
+fn spawn_ejector<P: OutputPin + Send + 'static>(
+    p: Placement,
+    line: RejectLine<P>,
+    encoder: &Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    clock: MonotonicClock,
+) -> Result<Box<dyn PartTracker>> {
+    let belt = match (p.base, encoder) {
+        (Base::Encoder, Some(count)) => BeltPosition::Encoder(count.clone()),
+        _ => BeltPosition::Clock,
+    };
+    log::info!(
+        "ejector: {:?} base, travel {} {}, lead {:?}",
+        p.base,
+        p.travel,
+        if p.base == Base::Time { "us" } else { "counts" },
+        p.lead
+    );
+    let thread = EjectorThread::spawn(Ejector::new(p, line), belt, clock).context("cannot start the ejector thread")?;
+    Ok(Box::new(thread))
 }
 
 /// A flag set by SIGTERM (systemd stopping the service) or SIGINT (Ctrl-C): the loop finishes
@@ -495,6 +536,7 @@ fn open_status_line(
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_loop<P: OutputPin>(
     source: Box<dyn FrameSource>,
     model: Model,
@@ -503,6 +545,8 @@ fn run_loop<P: OutputPin>(
     bundle: &Bundle,
     board: &BoardProfile,
     a: &RunArgs,
+    encoder: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    ejector: Option<Box<dyn PartTracker>>,
 ) -> Result<()> {
     let m = &bundle.manifest;
     let events: Option<Box<dyn Write + Send>> = match &a.events {
@@ -523,7 +567,7 @@ fn run_loop<P: OutputPin>(
             .as_ref()
             .map(|h| open_status_line(board, "health", &h.chip, &h.line, h.active_low))
             .transpose()?,
-        encoder: open_encoder(board)?,
+        encoder,
         alarm: match &board.alarm {
             Some(a) => Some(AlarmOutput {
                 line: open_status_line(board, "alarm", &a.chip, &a.line, a.active_low)?,
@@ -532,6 +576,7 @@ fn run_loop<P: OutputPin>(
             None => None,
         },
         notifier: Notifier::from_env(),
+        ejector,
     };
     let mut insp = Inspector::new(
         source,
@@ -569,6 +614,12 @@ fn run_loop<P: OutputPin>(
         report.p50.as_secs_f64() * 1e3,
         report.p99.as_secs_f64() * 1e3
     );
+    if c.ejector_late + c.ejector_overflows > 0 {
+        println!(
+            "ejector: {} result(s) came after their part reached the ejector and {} part(s) found its queue full: those parts were rejected",
+            c.ejector_late, c.ejector_overflows
+        );
+    }
     if c.truth_known > 0 {
         println!(
             "verdicts matched ground truth for {}/{} parts ({:.1} %): {} defective parts passed (escapes), {} good parts rejected",

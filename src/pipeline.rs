@@ -16,6 +16,7 @@ use crate::capture::{CaptureError, FrameSource};
 use crate::clock::Clock;
 use crate::decision::{AlarmPolicy, Decider, Fault, Verdict};
 use crate::display::{draw_status, MemoryFramebuffer, Status};
+use crate::ejector::PartTracker;
 use crate::model::{InferError, Model};
 use crate::preprocess::Preprocessor;
 use crate::scoring::Scorer;
@@ -52,6 +53,10 @@ pub struct Outputs {
     pub alarm: Option<AlarmOutput>,
     /// systemd notifications (watchdog pings once per part).
     pub notifier: Option<Notifier>,
+    /// Part tracking to the ejector (`[ejector]`): every part is admitted as a reject when it
+    /// is captured and resolved by its verdict; the tracker owns the reject pulses. Without it,
+    /// the reject line pulses at the verdict.
+    pub ejector: Option<Box<dyn PartTracker>>,
 }
 
 /// The alarm line and the rule that drives it.
@@ -72,6 +77,7 @@ impl Default for Outputs {
             encoder: None,
             alarm: None,
             notifier: None,
+            ejector: None,
         }
     }
 }
@@ -171,6 +177,12 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         let captured = self.source.next_frame(t0);
         let t1 = self.clock.now();
         times.capture = t1 - t0;
+        // The part becomes a reject now, before anything can hang or fail on it.
+        let tracked = match (&captured, &self.out.ejector) {
+            (Ok(None), _) | (_, None) => true,
+            (Ok(Some(f)), Some(e)) => e.admit(self.part, f.meta.timestamp),
+            (Err(_), Some(e)) => e.admit(self.part, t0),
+        };
         let camera_alive = match &captured {
             Ok(_) | Err(CaptureError::Corrupt) => true,
             Err(_) => false,
@@ -219,7 +231,12 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         let captured_at = meta.as_ref().map_or(t0, |m| m.timestamp);
         let verdict = self.decider.decide(result, captured_at, t4);
         let score = result.ok();
-        if verdict.is_reject() {
+        if let Some(e) = &self.out.ejector {
+            e.resolve(self.part, verdict.is_reject());
+            let c = e.counters();
+            (self.counters.pulses, self.counters.ejector_late, self.counters.ejector_overflows) =
+                (c.pulses, c.late, c.overflows);
+        } else if verdict.is_reject() {
             match self.line.fire(t4) {
                 Ok(()) => self.counters.pulses += 1,
                 Err(_) => self.counters.output_errors += 1,
@@ -227,6 +244,9 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         }
         self.counters.record(verdict, meta.as_ref().and_then(|m| m.truth));
         self.update_alarm(verdict);
+        if !tracked {
+            self.raise_alarm("the ejector's queue is full: a part was rejected untracked");
+        }
         if let Some(n) = self.out.notifier.as_mut() {
             n.tick(t4);
         }
@@ -253,6 +273,18 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             1.0 / self.frame_interval_s
         } else {
             0.0
+        }
+    }
+
+    /// Raises the alarm at once (not by the policy's count): the line must stop.
+    fn raise_alarm(&mut self, why: &str) {
+        log::error!("ALARM: {why}");
+        let Some(a) = self.out.alarm.as_mut() else { return };
+        if a.line.is_on() != Some(true) {
+            self.counters.alarms += 1;
+        }
+        if a.line.set(true).is_err() {
+            self.counters.output_errors += 1;
         }
     }
 
@@ -308,7 +340,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         let c = self.counters;
         let [p50, p99] = self.latency.percentiles([50, 99]).unwrap_or([Duration::ZERO; 2]);
         log::info!(
-            "parts {} | OK {} NG {} FAULT {} (capture {}, preprocess {}, inference {}, late {}) | {:.1} fps | latency p50 {:.1} ms p99 {:.1} ms | pulses {} | camera dropped {} reopened {} | triggers {} skipped {} encoder {}",
+            "parts {} | OK {} NG {} FAULT {} (capture {}, preprocess {}, inference {}, late {}) | {:.1} fps | latency p50 {:.1} ms p99 {:.1} ms | pulses {} (ejector late {} overflow {}) | camera dropped {} reopened {} | triggers {} skipped {} encoder {}",
             c.frames,
             c.passed,
             c.defects,
@@ -321,6 +353,8 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             p50.as_secs_f64() * 1e3,
             p99.as_secs_f64() * 1e3,
             c.pulses,
+            c.ejector_late,
+            c.ejector_overflows,
             c.dropped,
             c.camera_reopened,
             c.triggers,
@@ -350,6 +384,13 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
     pub fn finish(mut self) -> Report<P> {
         if let Some(e) = &self.out.encoder {
             self.counters.encoder_edges = e.load(Ordering::Relaxed);
+        }
+        if let Some(e) = self.out.ejector.as_mut() {
+            // Parts still on their way are served at their time: none leaves untreated.
+            e.finish();
+            let c = e.counters();
+            (self.counters.pulses, self.counters.ejector_late, self.counters.ejector_overflows) =
+                (c.pulses, c.late, c.overflows);
         }
         let fps = self.fps();
         self.log_summary(fps);

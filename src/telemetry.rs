@@ -34,6 +34,10 @@ pub struct Counters {
     pub late: u64,
     /// Reject pulses fired.
     pub pulses: u64,
+    /// Results that came after their part reached the ejector (the part was rejected).
+    pub ejector_late: u64,
+    /// Parts rejected untracked because the ejector's queue was full.
+    pub ejector_overflows: u64,
     /// Output line errors (GPIO writes that failed).
     pub output_errors: u64,
     /// Event log writes that failed (e.g. disk full); the line keeps running.

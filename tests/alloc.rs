@@ -51,6 +51,7 @@ fn steady_state_loop_allocates_nothing_in_our_code() {
         // A watchdog ping on every part (period zero), so that the send path is measured; nobody
         // reads the socket, so its queue fills and the sends fail without blocking, as designed.
         notifier: Some(Notifier::new(notify_path.to_str().unwrap(), Some(Duration::ZERO)).unwrap()),
+        ejector: None,
     };
     anovit::logger::init(log::LevelFilter::Off);
     let mut insp = Inspector::new(

@@ -374,3 +374,34 @@ fn bench_reports_every_figure_and_no_allocation_of_ours() {
     let rss = j["peak_rss"]["bytes"].as_u64().unwrap();
     assert!(rss > 10_000_000 && rss < 150_000_000, "peak RSS {rss} bytes");
 }
+
+/// With `[ejector]`, every rejected part gets one pulse when it reaches the ejector (the run
+/// waits for the parts still on the belt), and results that come after their part passed the
+/// ejector reject it whatever they say (fail-safe), counted and reported.
+#[test]
+fn ejector_pulses_each_reject_at_the_ejector_and_late_results_reject() {
+    let demo = std::fs::read_to_string(repo().join("board/host-demo.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let board = dir.path().join("ejector.toml");
+    // 2 m at 1 m/s: every result is in time; 1 mm: none can be.
+    for (travel, late) in [("2000.0", false), ("1.0", true)] {
+        std::fs::write(&board, format!("{demo}\n[ejector]\ntravel_mm = {travel}\nbelt_mm_per_s = 1000.0\n")).unwrap();
+        let o = anovit(&["run", "--board", board.to_str().unwrap(), "--parts", "12", "-q"]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{out}\n{err}");
+        let line = out.lines().find(|l| l.starts_with("12 parts:")).unwrap_or_else(|| panic!("{out}"));
+        let num = |key: &str| -> u64 {
+            let before = &line[..line.find(key).unwrap_or_else(|| panic!("{key} in {line}"))];
+            before.split_whitespace().last().unwrap().parse().unwrap()
+        };
+        let (ng, pulses) = (num(" NG"), num(" reject pulses"));
+        assert!(ng > 0, "the demo's first parts include defects: {line}");
+        if late {
+            assert_eq!(pulses, 12, "every part rejected: {line}");
+            assert!(out.contains("ejector: 12 result(s) came after"), "{out}");
+        } else {
+            assert_eq!(pulses, ng, "one pulse per rejected part: {line}");
+            assert!(!out.contains("ejector:"), "{out}");
+        }
+    }
+}

@@ -9,6 +9,7 @@ use anovit::actuation::{Edge, Polarity, RecordingPin, RejectLine, StatusLine};
 use anovit::capture::{CaptureError, Frame, FrameSource, ReplaySource, SourceStats, SyntheticSource};
 use anovit::clock::{Clock, FakeClock};
 use anovit::decision::{AlarmPolicy, Decider, Fault, Verdict};
+use anovit::ejector::{EjectorCounters, PartTracker, Resolution};
 use anovit::model::{InferError, Model};
 use anovit::pipeline::{AlarmOutput, Engine, Inspector, Outputs};
 use anovit::preprocess::Preprocessor;
@@ -167,9 +168,30 @@ impl Engine for Echo {
     }
 }
 
+type EchoInspector<S> = Inspector<S, Echo, RecordingPin<FakeClock, 64>, FakeClock>;
+
+/// The demo bundle's loop around a perfect reconstruction.
+fn echo_inspector<S: FrameSource>(
+    source: S,
+    line: RejectLine<RecordingPin<FakeClock, 64>>,
+    clock: &FakeClock,
+    outputs: Outputs,
+) -> EchoInspector<S> {
+    let m = &demo_bundle().manifest;
+    Inspector::new(
+        source,
+        Preprocessor::new(&m.input),
+        Echo(Vec::new()),
+        Scorer::new(m.input.width(), m.input.height(), &m.scoring),
+        Decider::new(m.threshold.value, DEADLINE),
+        line,
+        clock.clone(),
+        outputs,
+    )
+}
+
 #[test]
 fn health_line_follows_the_camera_and_faults_reject() {
-    let m = &demo_bundle().manifest;
     let (t, d, c) = (Some(CaptureError::Timeout), Some(CaptureError::Disconnected), Some(CaptureError::Corrupt));
     let script = vec![None, None, t, t, None, c, d, d, None];
     let source = Scripted { inner: SyntheticSource::new(SynthConveyor::new(3, 256, 256, 0.0), 0, None), script, at: 0 };
@@ -181,16 +203,7 @@ fn health_line_follows_the_camera_and_faults_reject() {
         policy: AlarmPolicy::new(2, 1),
     };
     let outputs = Outputs { health: Some(health), alarm: Some(alarm), ..Outputs::default() };
-    let mut insp = Inspector::new(
-        source,
-        Preprocessor::new(&m.input),
-        Echo(Vec::new()),
-        Scorer::new(m.input.width(), m.input.height(), &m.scoring),
-        Decider::new(m.threshold.value, DEADLINE),
-        line,
-        clock.clone(),
-        outputs,
-    );
+    let mut insp = echo_inspector(source, line, &clock, outputs);
     let mut states = Vec::new();
     let mut alarms = Vec::new();
     let mut verdicts = Vec::new();
@@ -210,4 +223,75 @@ fn health_line_follows_the_camera_and_faults_reject() {
     let c = report.counters;
     assert_eq!((c.health_drops, c.capture_errors, c.pulses, c.alarms), (2, 5, 5, 2));
     assert_eq!((c.dropped, c.camera_reopened), (27, 1), "the source's own counts reach the counters");
+}
+
+/// A tracker that remembers what the loop told it and has room for `room` parts.
+#[derive(Default)]
+struct Log {
+    admitted: Vec<(u64, Duration)>,
+    resolved: Vec<(u64, bool)>,
+    finished: u32,
+}
+
+struct FakeTracker {
+    log: std::sync::Arc<std::sync::Mutex<Log>>,
+    room: usize,
+}
+
+impl PartTracker for FakeTracker {
+    fn admit(&self, part: u64, captured_at: Duration) -> bool {
+        let mut l = self.log.lock().unwrap();
+        l.admitted.push((part, captured_at));
+        l.admitted.len() <= self.room
+    }
+    fn resolve(&self, part: u64, reject: bool) -> Resolution {
+        self.log.lock().unwrap().resolved.push((part, reject));
+        Resolution::InTime
+    }
+    fn counters(&self) -> EjectorCounters {
+        let l = self.log.lock().unwrap();
+        EjectorCounters { pulses: l.resolved.iter().filter(|r| r.1).count() as u64, ..EjectorCounters::default() }
+    }
+    fn finish(&mut self) {
+        self.log.lock().unwrap().finished += 1;
+    }
+}
+
+#[test]
+fn with_an_ejector_parts_are_admitted_at_capture_resolved_by_verdict_and_overflow_alarms() {
+    let t = Some(CaptureError::Timeout);
+    let source = Scripted {
+        inner: SyntheticSource::new(SynthConveyor::new(3, 256, 256, 0.0), 0, None),
+        script: vec![None, t, None, None],
+        at: 0,
+    };
+    let clock = FakeClock::new();
+    let line = RejectLine::new(RecordingPin::<_, 64>::new(clock.clone()), Polarity::ActiveHigh, PULSE).unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Log::default()));
+    let alarm = AlarmOutput {
+        line: StatusLine::new(Box::new(RecordingPin::<_, 64>::new(clock.clone())), false).unwrap(),
+        policy: AlarmPolicy::new(3, 100),
+    };
+    let tracker = FakeTracker { log: log.clone(), room: 3 };
+    let outputs = Outputs { alarm: Some(alarm), ejector: Some(Box::new(tracker)), ..Outputs::default() };
+    let mut insp = echo_inspector(source, line, &clock, outputs);
+    let mut alarms = Vec::new();
+    let mut verdicts = Vec::new();
+    while let Some(o) = insp.step() {
+        clock.advance(STEP);
+        alarms.push(insp.alarm().and_then(StatusLine::is_on).unwrap());
+        verdicts.push(o.verdict.is_reject());
+    }
+    assert_eq!(insp.line().pin().changes(), 1, "the loop's own line only went idle: the tracker owns the pulses");
+    let report = insp.finish();
+    let l = log.lock().unwrap();
+    let parts: Vec<u64> = l.admitted.iter().map(|a| a.0).collect();
+    assert_eq!(parts, [0, 1, 2, 3], "every part admitted, the faulty capture too");
+    assert!(l.admitted.windows(2).all(|w| w[0].1 < w[1].1), "at their capture times");
+    let resolved: Vec<bool> = l.resolved.iter().map(|r| r.1).collect();
+    assert_eq!(resolved, verdicts, "resolved by their verdicts");
+    assert_eq!(resolved, [false, true, false, false]);
+    assert_eq!(alarms, [false, false, false, true], "the fourth part found no room: alarm at once");
+    assert_eq!(l.finished, 1, "the tracker serves the parts in flight at the end");
+    assert_eq!((report.counters.pulses, report.counters.alarms), (1, 1));
 }
