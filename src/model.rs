@@ -137,6 +137,7 @@ fn load_nnef(path: &Path, m: &Manifest) -> Result<TypedModel> {
 pub struct Model {
     state: TypedSimpleState,
     /// tract's thread pool when the plan runs on more than one core.
+    #[cfg(feature = "threads")]
     executor: Option<tract_linalg::multithread::Executor>,
     shape: [usize; 4],
     out_index: usize,
@@ -159,16 +160,24 @@ impl Model {
         let shape = [s[0], s[1], s[2], s[3]];
         let plan: Plan = typed.into_optimized().and_then(|m| m.into_runnable()).map_err(tract_err(&path))?;
         let state = plan.spawn().map_err(tract_err(&path))?;
-        Ok(Model { state, executor: None, shape, out_index, recon: vec![0.0; shape.iter().product()] })
+        Ok(Model {
+            state,
+            #[cfg(feature = "threads")]
+            executor: None,
+            shape,
+            out_index,
+            recon: vec![0.0; shape.iter().product()],
+        })
     }
 
     /// Runs the plan's matrix products on `threads` cores (tract's multithreaded executor; 1 =
     /// on the calling thread only, the default). On a board with two cores or more, two
     /// threads shorten a frame by about a third (docs/PERF.md) and leave less for anything
     /// else on the board.
+    #[cfg(feature = "threads")]
     pub fn set_threads(&mut self, threads: usize) -> Result<()> {
         self.executor = match threads {
-            0 => return Err(Error::Model { path: PathBuf::from("<plan>"), why: "threads must be at least 1".into() }),
+            0 => return Err(threads_error("threads must be at least 1")),
             1 => None,
             n => {
                 // tract splits a product only above 64 panels by default, which leaves most of
@@ -178,6 +187,18 @@ impl Model {
             }
         };
         Ok(())
+    }
+
+    /// Without the `threads` feature the plan runs on the calling thread only.
+    #[cfg(not(feature = "threads"))]
+    pub fn set_threads(&mut self, threads: usize) -> Result<()> {
+        match threads {
+            1 => Ok(()),
+            0 => Err(threads_error("threads must be at least 1")),
+            _ => {
+                Err(threads_error("this build runs the plan on one thread: rebuild with `--features threads` for more"))
+            }
+        }
     }
 
     /// Input shape `[1, 3, H, W]`.
@@ -190,11 +211,14 @@ impl Model {
     pub fn infer(&mut self, input: &[f32]) -> std::result::Result<&[f32], InferError> {
         let t = Tensor::from_shape(&self.shape, input).map_err(|_| InferError::BadInput)?;
         let state = &mut self.state;
+        #[cfg(feature = "threads")]
         let out = match &self.executor {
             Some(e) => tract_linalg::multithread::multithread_tract_scope(e.clone(), || state.run(tvec!(t.into()))),
             None => state.run(tvec!(t.into())),
-        }
-        .map_err(|_| InferError::Engine)?;
+        };
+        #[cfg(not(feature = "threads"))]
+        let out = state.run(tvec!(t.into()));
+        let out = out.map_err(|_| InferError::Engine)?;
         let view = out.get(self.out_index).ok_or(InferError::Engine)?;
         let s = view.try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).map_err(|_| InferError::Engine)?;
         if s.len() != self.recon.len() {
@@ -226,6 +250,10 @@ impl Model {
         v.sort_by_key(|o| std::cmp::Reverse(o.1));
         Ok(v)
     }
+}
+
+fn threads_error(why: &str) -> Error {
+    Error::Model { path: PathBuf::from("<plan>"), why: why.into() }
 }
 
 /// Why inference failed on a frame. The part is rejected and the failure counted.

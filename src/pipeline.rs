@@ -340,7 +340,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         let c = self.counters;
         let [p50, p99] = self.latency.percentiles([50, 99]).unwrap_or([Duration::ZERO; 2]);
         log::info!(
-            "parts {} | OK {} NG {} FAULT {} (capture {}, preprocess {}, inference {}, late {}) | {:.1} fps | latency p50 {:.1} ms p99 {:.1} ms | pulses {} (ejector late {} overflow {}) | camera dropped {} reopened {} | triggers {} skipped {} encoder {}",
+            "parts {} | OK {} NG {} FAULT {} (capture {}, preprocess {}, inference {}, late {}) | {:.1} fps | latency p50 {:.1} ms p99 {:.1} ms | pulses {}{} | camera dropped {} reopened {} | triggers {} skipped {} encoder {}",
             c.frames,
             c.passed,
             c.defects,
@@ -353,8 +353,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             p50.as_secs_f64() * 1e3,
             p99.as_secs_f64() * 1e3,
             c.pulses,
-            c.ejector_late,
-            c.ejector_overflows,
+            EjectorNote(self.out.ejector.is_some().then_some((c.ejector_late, c.ejector_overflows))),
             c.dropped,
             c.camera_reopened,
             c.triggers,
@@ -414,6 +413,18 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             n.stopping();
         }
         Report { counters: self.counters, p50, p99, pin, display: self.out.display }
+    }
+}
+
+/// The ejector's part of a summary, when there is an ejector (written without allocating).
+struct EjectorNote(Option<(u64, u64)>);
+
+impl std::fmt::Display for EjectorNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some((late, overflow)) => write!(f, " (ejector late {late} overflow {overflow})"),
+            None => Ok(()),
+        }
     }
 }
 
