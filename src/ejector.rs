@@ -26,6 +26,9 @@ use crate::clock::Clock;
 /// Parts that can be between the camera and the ejector at once.
 pub const CAPACITY: usize = 64;
 
+/// How long a stop waits for the parts still on their way to reach the ejector.
+pub const STOP_WAIT: Duration = Duration::from_secs(10);
+
 /// What belt positions count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Base {
@@ -268,12 +271,22 @@ impl<P: OutputPin + Send + 'static> EjectorThread<P> {
         let (s, b) = (Arc::clone(&shared), belt.clone());
         let thread = std::thread::Builder::new().name("anovit-ejector".into()).spawn(move || {
             let mut g = s.lock();
+            let mut stopping_since = None;
             loop {
                 let now = clock.now();
                 let pos = b.at(now);
                 let next = g.0.service(pos, now);
                 let pulse = g.0.pulse_remaining(now);
                 if g.1 && next.is_none() && pulse.is_none() {
+                    break;
+                }
+                // A belt that stands still at stop would hold its parts forever: give up after
+                // STOP_WAIT, saying so (their rejects did not fire: they never reached the ejector).
+                if g.1 && pulse.is_none() && now.saturating_sub(*stopping_since.get_or_insert(now)) > STOP_WAIT {
+                    log::error!(
+                        "stopping with {} part(s) still on their way to the ejector: the belt did not bring them there within {STOP_WAIT:?}",
+                        g.0.in_flight()
+                    );
                     break;
                 }
                 let mut wait = Duration::from_millis(20);

@@ -381,15 +381,15 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
     /// Ends the run: waits out (on the loop's clock) any active pulse, leaves the reject line
     /// idle, flushes the event log and logs a final summary.
     pub fn finish(mut self) -> Report<P> {
-        if let Some(e) = &self.out.encoder {
-            self.counters.encoder_edges = e.load(Ordering::Relaxed);
-        }
         if let Some(e) = self.out.ejector.as_mut() {
             // Parts still on their way are served at their time: none leaves untreated.
             e.finish();
             let c = e.counters();
             (self.counters.pulses, self.counters.ejector_late, self.counters.ejector_overflows) =
                 (c.pulses, c.late, c.overflows);
+        }
+        if let Some(e) = &self.out.encoder {
+            self.counters.encoder_edges = e.load(Ordering::Relaxed);
         }
         let fps = self.fps();
         self.log_summary(fps);

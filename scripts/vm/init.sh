@@ -241,4 +241,47 @@ section4() {
 }
 run_section 4 && section4
 
+# 5. The ejector, clocked by the encoder: two triggered parts are judged while the belt stands
+#    still, so no pulse may come yet; then the belt moves, and each rejected part gets its pulse on
+#    the real reject line once 5 encoder edges have passed.
+section5() {
+    TRIG=$sim/sim_gpio2/pull
+    ENC=$sim/sim_gpio3/pull
+    echo pull-down > $TRIG
+    echo pull-down > $ENC
+    rm -f /tmp/stop /tmp/lines5
+    watch_lines /tmp/lines5 &
+    w=$!
+    # Not quiet: the per-part lines (flushed line by line) show when both verdicts are in.
+    anovit run --board /etc/ejector.toml --model /models/demo-f32 --parts 2 --events /tmp/ev5.jsonl < /dev/null > /tmp/run5.log 2>&1 &
+    a=$!
+    n=0
+    until grep -q "one part per" /tmp/run5.log; do n=$((n + 1)); [ $n -gt 600 ] && break; sleep 0.2; done
+    for k in 1 2; do echo pull-up > $TRIG; sleep 0.3; echo pull-down > $TRIG; sleep 0.3; done
+    n=0
+    until [ "$(grep -c '^part ' /tmp/run5.log)" = 2 ]; do n=$((n + 1)); [ $n -gt 600 ] && break; sleep 0.2; done
+    sleep 1
+    before=$(awk 'substr($0, 1, 1) == "1" { n++ } END { print n + 0 }' /tmp/lines5)
+    for k in 1 2 3 4 5 6 7 8; do echo pull-up > $ENC; sleep 0.05; echo pull-down > $ENC; sleep 0.05; done
+    n=0
+    while kill -0 $a 2>/dev/null; do n=$((n + 1)); [ $n -gt 300 ] && kill -TERM $a; sleep 0.2; done
+    wait $a
+    rc=$?
+    touch /tmp/stop; wait $w
+    rejects=$(grep -c '"verdict":"\(NG\|FAULT\)"' /tmp/ev5.jsonl)
+    pulses=$(awk 'substr($0, 1, 1) == "1" && p != "1" { n++ } { p = substr($0, 1, 1) } END { print n + 0 }' /tmp/lines5)
+    final=$(grep 'camera dropped' /tmp/run5.log | tail -n 1)
+    echo "    $final"
+    echo "    reject changes: $(tr '\n' ' ' < /tmp/lines5)"
+    # The run ends once both parts are served: at the 5th edge or a little after.
+    enc=$(echo "$final" | sed -n 's/.*encoder \([0-9]*\)$/\1/p')
+    if [ $rc = 0 ] && [ "$before" = 0 ] && [ "${enc:-0}" -ge 5 ] && echo "$final" | grep -q 'ejector late 0 overflow 0' && [ "$rejects" -gt 0 ] && [ "$pulses" -ge 1 ] && [ "$pulses" -le "$rejects" ] &&
+        [ "$(tail -n 1 /tmp/lines5 | cut -c1)" = 0 ]; then
+        ok "ejector: $rejects reject verdict(s) held while the belt stood still, pulsed on the reject line after the encoder moved ($pulses pulse(s), back-to-back rejects merge)"
+    else
+        bad "ejector: exit $rc, pulses before the belt moved: $before, after: $pulses, reject verdicts: $rejects, summary: $final"
+    fi
+}
+run_section 5 && section5
+
 finish
