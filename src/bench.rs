@@ -498,9 +498,7 @@ mod tests {
         let yuyv = rgb_to_yuyv(&rgb, w, h);
         assert_eq!(yuyv.len(), w * h * 2);
         let mut back = vec![0u8; w * h * 3];
-        for (src, dst) in yuyv.chunks_exact(2 * w).zip(back.chunks_exact_mut(3 * w)) {
-            crate::capture::convert::yuyv_row(src, dst);
-        }
+        crate::capture::convert::yuyv_frame(&yuyv, w, &mut back);
         let worst = rgb.iter().zip(&back).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap();
         assert!(worst <= 6, "largest channel error {worst}");
     }

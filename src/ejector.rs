@@ -338,7 +338,7 @@ impl<P: OutputPin + Send + 'static> PartTracker for EjectorThread<P> {
 impl<P: OutputPin> Drop for EjectorThread<P> {
     fn drop(&mut self) {
         // Without `finish`, the thread still serves the parts on their way, then ends.
-        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+        self.shared.lock().1 = true;
         self.shared.wake.notify_one();
     }
 }

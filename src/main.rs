@@ -645,11 +645,7 @@ fn compile(a: &CompileArgs) -> Result<()> {
     let manifest = anovit::model::compile(&src, &a.out)?;
     let compiled_in = t.elapsed();
     let plan = Bundle::load(&a.out)?;
-    let g = SynthConveyor::new(1, 256, 256, 0.5);
-    let mut source = SyntheticSource::new(g, 0, Some(1));
-    let frame = source.next_frame(Duration::ZERO)?.context("the synthetic source gave no frame")?;
-    let mut pre = Preprocessor::new(&src.manifest.input);
-    let input = pre.run(&frame)?.to_vec();
+    let input = synthetic_input(&src)?;
     let reference = Model::load(&src)?.infer(&input)?.to_vec();
     let t = std::time::Instant::now();
     let got = Model::load(&plan)?.infer(&input)?.to_vec();
@@ -921,9 +917,7 @@ fn save_frame(path: &Path, data: &[u8], m: &anovit::capture::FrameMeta) -> Resul
         PixelFormat::Gray8 => image::GrayImage::from_raw(w, h, data.to_vec()).map(|i| i.save(path)),
         PixelFormat::Yuyv => {
             let mut rgb = vec![0; m.width * m.height * 3];
-            for (src, dst) in data.chunks_exact(2 * m.width).zip(rgb.chunks_exact_mut(3 * m.width)) {
-                anovit::capture::convert::yuyv_row(src, dst);
-            }
+            anovit::capture::convert::yuyv_frame(data, m.width, &mut rgb);
             image::RgbImage::from_raw(w, h, rgb).map(|i| i.save(path))
         }
     };
@@ -993,7 +987,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
         bail!("--threads, --runs and --rounds must be at least 1");
     }
     let bundles = models.iter().map(|p| Bundle::load(p)).collect::<anovit::error::Result<Vec<_>>>()?;
-    let input = bench_input(&bundles[0])?;
+    let input = synthetic_input(&bundles[0])?;
     let mut configs = Vec::new();
     for (bundle, path) in bundles.iter().zip(&models) {
         if bundle.manifest.input.shape != bundles[0].manifest.input.shape {
@@ -1022,12 +1016,12 @@ fn bench(a: &BenchArgs) -> Result<()> {
     json.insert("peak_gflops_one_core".into(), serde_json::json!({"gflops": peak, "isa": isa}));
 
     let mut loads = Vec::new();
-    for path in models.iter().chain(&a.load) {
-        let bundle = Bundle::load(path)?;
+    let extra = a.load.iter().map(|p| Bundle::load(p)).collect::<anovit::error::Result<Vec<_>>>()?;
+    for (bundle, path) in bundles.iter().zip(&models).chain(extra.iter().zip(&a.load)) {
         let mut ms = Vec::new();
         for _ in 0..3 {
             let t = std::time::Instant::now();
-            let mut m = Model::load(&bundle)?;
+            let mut m = Model::load(bundle)?;
             m.infer(&input)?;
             ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
@@ -1117,8 +1111,9 @@ fn bench(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The model input the plans are timed on: a synthetic part through the bundle's preprocessing.
-fn bench_input(bundle: &Bundle) -> Result<Vec<f32>> {
+/// A model input from a real frame: a synthetic part through the bundle's preprocessing (what
+/// `compile` checks the plan on and `bench` times the plans on).
+fn synthetic_input(bundle: &Bundle) -> Result<Vec<f32>> {
     let mut source = SyntheticSource::new(SynthConveyor::new(1, 256, 256, 0.5), 0, Some(1));
     let frame = source.next_frame(Duration::ZERO)?.context("the synthetic source gave no frame")?;
     Ok(Preprocessor::new(&bundle.manifest.input).run(&frame)?.to_vec())

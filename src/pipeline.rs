@@ -233,9 +233,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         let score = result.ok();
         if let Some(e) = &self.out.ejector {
             e.resolve(self.part, verdict.is_reject());
-            let c = e.counters();
-            (self.counters.pulses, self.counters.ejector_late, self.counters.ejector_overflows) =
-                (c.pulses, c.late, c.overflows);
+            self.sync_ejector_counters();
         } else if verdict.is_reject() {
             match self.line.fire(t4) {
                 Ok(()) => self.counters.pulses += 1,
@@ -273,6 +271,15 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             1.0 / self.frame_interval_s
         } else {
             0.0
+        }
+    }
+
+    /// With an ejector, its thread fires the pulses: the loop's counters take its figures.
+    fn sync_ejector_counters(&mut self) {
+        if let Some(e) = &self.out.ejector {
+            let c = e.counters();
+            (self.counters.pulses, self.counters.ejector_late, self.counters.ejector_overflows) =
+                (c.pulses, c.late, c.overflows);
         }
     }
 
@@ -384,9 +391,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         if let Some(e) = self.out.ejector.as_mut() {
             // Parts still on their way are served at their time: none leaves untreated.
             e.finish();
-            let c = e.counters();
-            (self.counters.pulses, self.counters.ejector_late, self.counters.ejector_overflows) =
-                (c.pulses, c.late, c.overflows);
+            self.sync_ejector_counters();
         }
         if let Some(e) = &self.out.encoder {
             self.counters.encoder_edges = e.load(Ordering::Relaxed);

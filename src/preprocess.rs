@@ -238,9 +238,7 @@ mod tests {
         let (w, h) = (10, 6);
         let yuyv: Vec<u8> = (0..w * h * 2).map(|i| (i * 29 % 241 + 8) as u8).collect();
         let mut rgb = vec![0u8; w * h * 3];
-        for (src, dst) in yuyv.chunks_exact(2 * w).zip(rgb.chunks_exact_mut(3 * w)) {
-            crate::capture::convert::yuyv_row(src, dst);
-        }
+        crate::capture::convert::yuyv_frame(&yuyv, w, &mut rgb);
         for (color, roi) in [(ColorMode::Rgb, None), (ColorMode::Gray, Some([1, 1, 7, 4]))] {
             let mut s = spec(4, 3, roi);
             s.shape = vec![1, 3, 3, 4];

@@ -153,6 +153,13 @@ pub fn yuyv_row(src: &[u8], dst: &mut [u8]) {
     }
 }
 
+/// A packed YUYV frame of `width` pixels per row into RGB24 (`dst`: 3 bytes per pixel).
+pub fn yuyv_frame(src: &[u8], width: usize, dst: &mut [u8]) {
+    for (s, d) in src.chunks_exact(2 * width).zip(dst.chunks_exact_mut(3 * width)) {
+        yuyv_row(s, d);
+    }
+}
+
 fn decode_jpeg(src: &[u8], width: usize, height: usize, dst: &mut [u8]) -> Result<(), ConvertError> {
     // Bounding the size up front stops a corrupt header from asking for a huge buffer.
     let opts = DecoderOptions::default()
