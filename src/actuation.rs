@@ -61,6 +61,14 @@ impl<P: OutputPin> RejectLine<P> {
         Ok(())
     }
 
+    /// Keeps the line rejecting until at least a full width from now without counting a new
+    /// pulse: a span of belt held rejected across several widths.
+    pub fn hold(&mut self, now: Duration) -> Result<(), P::Error> {
+        self.pin.set_state(line_level(true, self.polarity))?;
+        self.release_at = Some(self.release_at.map_or(now + self.width, |t| t.max(now + self.width)));
+        Ok(())
+    }
+
     /// Ends the pulse once its width has elapsed.
     pub fn poll(&mut self, now: Duration) -> Result<(), P::Error> {
         if self.release_at.is_some_and(|t| now >= t) {

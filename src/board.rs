@@ -244,6 +244,11 @@ fn default_clear_after() -> u32 {
     10
 }
 
+/// Longest travel from the camera to the ejector by the clock, in seconds.
+const MAX_TRAVEL_S: f64 = 3600.0;
+/// Longest travel from the camera to the ejector in encoder edges.
+const MAX_TRAVEL_COUNTS: f64 = 1e12;
+
 /// Timing section.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -430,7 +435,16 @@ impl BoardProfile {
                 return Err(format!("`ejector.travel_mm` {} must be a positive distance", e.travel_mm));
             }
             match (self.encoder.is_some(), e.counts_per_mm, e.belt_mm_per_s) {
-                (true, Some(c), _) if positive(c) => {}
+                // Positions are u64 counts or microseconds, the travel is added to them: bounded,
+                // it cannot overflow them in any run (no real belt is that long).
+                (true, Some(c), _) if positive(c) => {
+                    if e.travel_mm * c > MAX_TRAVEL_COUNTS {
+                        return Err(format!(
+                            "`ejector.travel_mm` {} x `ejector.counts_per_mm` {c} is more than {MAX_TRAVEL_COUNTS:e} encoder edges",
+                            e.travel_mm
+                        ));
+                    }
+                }
                 (true, _, _) => {
                     return Err(
                         "`ejector.counts_per_mm` (encoder edges per mm of belt, > 0) is required with an `[encoder]`"
@@ -444,6 +458,12 @@ impl BoardProfile {
                     )
                 }
                 (false, None, Some(v)) if positive(v) => {
+                    if e.travel_mm / v > MAX_TRAVEL_S {
+                        return Err(format!(
+                            "`ejector.travel_mm` {} at `ejector.belt_mm_per_s` {v} takes more than {MAX_TRAVEL_S} s",
+                            e.travel_mm
+                        ));
+                    }
                     if e.lead_ms as f64 >= 1000.0 * e.travel_mm / v {
                         return Err(format!(
                             "`ejector.lead_ms` {} is not shorter than the part's travel time ({:.0} ms at {v} mm/s): the ejector would have to act before the camera sees the part",
@@ -597,6 +617,11 @@ kind = "memory"
             (format!("{OK}[ejector]\ntravel_mm = 800.0\ncounts_per_mm = 4.0\n"), "needs an `[encoder]`"),
             (format!("{OK}[encoder]\nchip = \"c\"\nline = 5\n[ejector]\ntravel_mm = 800.0\n"), "ejector.counts_per_mm"),
             (format!("{OK}[ejector]\ntravel_mm = 100.0\nbelt_mm_per_s = 1000.0\nlead_ms = 100\n"), "ejector.lead_ms"),
+            (format!("{OK}[ejector]\ntravel_mm = 1e30\nbelt_mm_per_s = 500.0\n"), "ejector.travel_mm"),
+            (
+                format!("{OK}[encoder]\nchip = \"c\"\nline = 5\n[ejector]\ntravel_mm = 1e4\ncounts_per_mm = 1e9\n"),
+                "edges",
+            ),
         ];
         for (text, key) in cases {
             let e = BoardProfile::parse(&text).unwrap_err();

@@ -41,6 +41,7 @@ impl Fault {
         match self {
             Fault::Capture(CaptureError::Corrupt) => "capture_corrupt",
             Fault::Capture(CaptureError::Timeout) => "capture_timeout",
+            Fault::Capture(CaptureError::Missed) => "capture_missed",
             Fault::Capture(_) => "capture_lost",
             Fault::Preprocess(_) => "preprocess",
             Fault::Inference(_) => "inference",

@@ -29,5 +29,6 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod scoring;
 pub mod service;
+pub mod soak;
 pub mod synth;
 pub mod telemetry;

@@ -14,7 +14,7 @@ use anovit::capture::{FrameSource, Prefetched, ReplaySource, SyntheticSource};
 use anovit::clock::MonotonicClock;
 use anovit::decision::{AlarmPolicy, Decider};
 use anovit::display::MemoryFramebuffer;
-use anovit::ejector::{Base, BeltPosition, Ejector, EjectorThread, PartTracker, Placement};
+use anovit::ejector::{Base, BeltPosition, Ejector, EjectorThread, PartTracker, Placement, Watermark};
 use anovit::evaluate::{evaluate, score_files, EvalOptions, FrameScorer};
 use anovit::model::Model;
 use anovit::pipeline::{AlarmOutput, Inspector, Outcome, Outputs};
@@ -64,6 +64,34 @@ enum Cmd {
     /// Measure speed and memory: the plan, the whole loop per frame, allocations, RSS, load
     /// time (`scripts/perf.py` runs it beside onnxruntime and writes docs/PERF.md).
     Bench(BenchArgs),
+    /// Soak the whole loop on a simulated belt with injected faults (corrupt frames, camera
+    /// stalls and disconnections, late and failing inference, a full disk) and check every
+    /// part at the ejector; figures for docs/RELIABILITY.md. Exits 1 if any invariant broke.
+    Soak(SoakArgs),
+}
+
+#[derive(Args)]
+struct SoakArgs {
+    /// Parts to run.
+    #[arg(long, default_value_t = 100_000)]
+    parts: u64,
+    /// Seed of the parts and faults.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Share of parts with a corrupt frame (and with a late inference); rarer faults scale with it.
+    #[arg(long, default_value_t = 0.01)]
+    fault_rate: f64,
+    /// Model bundle whose input, scoring and threshold the loop uses (its model is not run: an
+    /// oracle stands in, so that every escape is the runtime's). Default: models/demo-f32.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Write the soak section of this Markdown file (between `<!-- soak:begin -->` and
+    /// `<!-- soak:end -->`; the file is created if absent).
+    #[arg(long)]
+    doc: Option<PathBuf>,
+    /// Write the whole report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -296,6 +324,13 @@ fn main() -> ExitCode {
         #[cfg(feature = "onnx")]
         Some(Cmd::Compile(a)) => compile(&a),
         Some(Cmd::Bench(a)) => bench(&a),
+        Some(Cmd::Soak(a)) => {
+            // Thousands of injected faults would bury the report: their log lines with -v.
+            if cli.verbose == 0 {
+                log::set_max_level(log::LevelFilter::Off);
+            }
+            soak(&a)
+        }
         None => run(RunArgs::default()),
     };
     match r {
@@ -342,7 +377,10 @@ fn run(a: RunArgs) -> Result<()> {
     }
 
     let clock = MonotonicClock::new();
-    let source = open_source(&board, &a, clock)?;
+    // Where a triggered camera marks the times it saw no part, for the ejector.
+    let no_part = Watermark::default();
+    let source = open_source(&board, &a, clock, &no_part)?;
+    let no_part = board.trigger.is_some().then_some(no_part);
     let encoder = open_encoder(&board)?;
     let placement = board.placement();
     // With an ejector, its thread owns the reject line and the loop's own line stays idle.
@@ -357,7 +395,7 @@ fn run(a: RunArgs) -> Result<()> {
             match placement {
                 None => run_loop(source, model, line, clock, &bundle, &board, &a, encoder, None),
                 Some(p) => {
-                    let ejector = spawn_ejector(p, line, &encoder, clock)?;
+                    let ejector = spawn_ejector(p, line, &encoder, clock, no_part)?;
                     run_loop(source, model, idle(), clock, &bundle, &board, &a, encoder, Some(ejector))
                 }
             }
@@ -373,7 +411,7 @@ fn run(a: RunArgs) -> Result<()> {
             let cannot = || format!("cannot drive GPIO line {n} of {chip}");
             if let Some(p) = placement {
                 let line = RejectLine::new(pin, board.reject.polarity, board.pulse()).with_context(cannot)?;
-                let ejector = spawn_ejector(p, line, &encoder, clock)?;
+                let ejector = spawn_ejector(p, line, &encoder, clock, no_part)?;
                 return run_loop(source, model, idle(), clock, &bundle, &board, &a, encoder, Some(ejector));
             }
             let pin = anovit::actuation::TimedPin::spawn(pin, board.reject.polarity, board.pulse())
@@ -395,6 +433,7 @@ fn spawn_ejector<P: OutputPin + Send + 'static>(
     line: RejectLine<P>,
     encoder: &Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     clock: MonotonicClock,
+    idle: Option<Watermark>,
 ) -> Result<Box<dyn PartTracker>> {
     let belt = match (p.base, encoder) {
         (Base::Encoder, Some(count)) => BeltPosition::Encoder(count.clone()),
@@ -407,7 +446,8 @@ fn spawn_ejector<P: OutputPin + Send + 'static>(
         if p.base == Base::Time { "us" } else { "counts" },
         p.lead
     );
-    let thread = EjectorThread::spawn(Ejector::new(p, line), belt, clock).context("cannot start the ejector thread")?;
+    let thread =
+        EjectorThread::spawn(Ejector::new(p, line), belt, clock, idle).context("cannot start the ejector thread")?;
     Ok(Box::new(thread))
 }
 
@@ -429,15 +469,21 @@ fn stop_on_signals() -> &'static std::sync::atomic::AtomicBool {
 
 /// The frame source the profile (or `--folder`) asks for, read one frame ahead on a capture
 /// thread when the profile says `prefetch = true`.
-fn open_source(board: &BoardProfile, a: &RunArgs, clock: MonotonicClock) -> Result<Box<dyn FrameSource>> {
-    let source = open_camera(board, a)?;
+fn open_source(
+    board: &BoardProfile,
+    a: &RunArgs,
+    clock: MonotonicClock,
+    idle: &Watermark,
+) -> Result<Box<dyn FrameSource>> {
+    let source = open_camera(board, a, idle)?;
     if !board.camera.prefetch {
         return Ok(source);
     }
     Ok(Box::new(Prefetched::spawn(source, clock).context("cannot start the capture thread")?))
 }
 
-fn open_camera(board: &BoardProfile, a: &RunArgs) -> Result<Box<dyn FrameSource + Send>> {
+#[cfg_attr(not(feature = "hw-v4l"), allow(unused_variables))]
+fn open_camera(board: &BoardProfile, a: &RunArgs, idle: &Watermark) -> Result<Box<dyn FrameSource + Send>> {
     let limit = a.parts;
     let c = &board.camera;
     let folder = a.folder.as_ref().or(c.folder.as_ref().filter(|_| c.source == SourceKind::Folder));
@@ -459,7 +505,7 @@ fn open_camera(board: &BoardProfile, a: &RunArgs) -> Result<Box<dyn FrameSource 
             let mut src = anovit::capture::v4l2::V4l2Source::open(board.v4l2_config())?;
             log::info!("camera {}", src.negotiated());
             if let Some(t) = &board.trigger {
-                src = src.with_trigger(open_trigger(board, t)?, Duration::from_millis(t.delay_ms));
+                src = src.with_trigger(open_trigger(board, t)?, Duration::from_millis(t.delay_ms), idle.clone());
                 log::info!("one part per {:?} edge of trigger line {} of {}, {} ms to view", t.edge, t.line, t.chip, t.delay_ms);
             }
             Ok(match limit {
@@ -619,6 +665,15 @@ fn run_loop<P: OutputPin>(
             "ejector: {} result(s) came after their part reached the ejector and {} part(s) found its queue full: those parts were rejected",
             c.ejector_late, c.ejector_overflows
         );
+    }
+    if c.ejector_unseen > 0 {
+        println!(
+            "ejector: {} time(s) belt the loop had not looked at reached the ejector and was rejected (the loop fell behind by more than the camera-to-ejector travel)",
+            c.ejector_unseen
+        );
+    }
+    if c.log_errors > 0 {
+        println!("event log: {} event(s) could not be written (disk full?): they are lost", c.log_errors);
     }
     if c.truth_known > 0 {
         println!(
@@ -974,6 +1029,53 @@ struct BenchConfig {
     precision: String,
     threads: usize,
     model: Model,
+}
+
+fn soak(a: &SoakArgs) -> Result<()> {
+    use anovit::soak::{self, SoakConfig};
+    if a.parts == 0 || !(0.0..=0.2).contains(&a.fault_rate) {
+        bail!("--parts must be at least 1 and --fault-rate between 0 and 0.2");
+    }
+    let bundle = Bundle::load(&a.model.clone().unwrap_or_else(|| shipped("models/demo-f32")))?;
+    let cfg = SoakConfig { parts: a.parts, seed: a.seed, fault_rate: a.fault_rate, ..SoakConfig::default() };
+    let bar = indicatif::ProgressBar::new_spinner().with_message(format!("soaking {} parts", a.parts));
+    bar.enable_steady_tick(Duration::from_millis(500));
+    let report = soak::run(&cfg, &bundle.manifest).map_err(|e| anyhow::anyhow!(e))?;
+    bar.finish_and_clear();
+    let command = format!("anovit soak --parts {} --seed {} --fault-rate {}", a.parts, a.seed, a.fault_rate);
+    let text = soak::render(&report, &command);
+    println!("{text}");
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if let Some(p) = &a.doc {
+        write_doc_section(p, "soak", &text)?;
+        println!("wrote the soak section of {}", p.display());
+    }
+    if !report.passed() {
+        bail!("the soak broke {} invariant(s): see above", report.violation_count);
+    }
+    Ok(())
+}
+
+/// Replaces the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in a Markdown file
+/// (appending the markers, or creating the file, where they are missing): each generated
+/// section comes from its own command and leaves the others alone.
+fn write_doc_section(path: &Path, name: &str, body: &str) -> Result<()> {
+    let (begin, end) = (format!("<!-- {name}:begin -->"), format!("<!-- {name}:end -->"));
+    let old = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Reliability\n".to_string(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let section = format!("{begin}\n{}\n{end}", body.trim_end());
+    let new = match (old.find(&begin), old.find(&end)) {
+        (Some(b), Some(e)) if b < e => format!("{}{section}{}", &old[..b], &old[e + end.len()..]),
+        (None, None) => format!("{}\n{section}\n", old.trim_end_matches('\n').to_string() + "\n"),
+        _ => bail!("{} has a broken {begin} ... {end} pair: mend it by hand", path.display()),
+    };
+    std::fs::write(path, new).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn bench(a: &BenchArgs) -> Result<()> {

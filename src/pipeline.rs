@@ -16,7 +16,7 @@ use crate::capture::{CaptureError, FrameSource};
 use crate::clock::Clock;
 use crate::decision::{AlarmPolicy, Decider, Fault, Verdict};
 use crate::display::{draw_status, MemoryFramebuffer, Status};
-use crate::ejector::PartTracker;
+use crate::ejector::{PartTracker, Span};
 use crate::model::{InferError, Model};
 use crate::preprocess::Preprocessor;
 use crate::scoring::Scorer;
@@ -98,6 +98,9 @@ pub struct Inspector<S: FrameSource, E: Engine, P: OutputPin, C: Clock> {
     last_summary: Duration,
     last_frame_at: Option<Duration>,
     frame_interval_s: f32,
+    /// Up to when the belt has been seen (last frame's exposure) or given up for lost (a failed
+    /// capture's span): the next failed capture stands for the belt after it.
+    seen_until: Option<Duration>,
 }
 
 impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
@@ -129,6 +132,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             last_summary,
             last_frame_at: None,
             frame_interval_s: 0.0,
+            seen_until: None,
         }
     }
 
@@ -177,14 +181,21 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         let captured = self.source.next_frame(t0);
         let t1 = self.clock.now();
         times.capture = t1 - t0;
-        // The part becomes a reject now, before anything can hang or fail on it.
+        // The part becomes a reject now, before anything can hang or fail on it. A failed
+        // capture stands for all the belt no frame showed: since the last one, up to now.
+        let seen = match &captured {
+            Ok(Some(f)) => Span::at(f.meta.timestamp),
+            _ => Span { from: self.seen_until.unwrap_or(t0).min(t1), to: t1 },
+        };
+        if !matches!(captured, Ok(None)) {
+            self.seen_until = Some(seen.to);
+        }
         let tracked = match (&captured, &self.out.ejector) {
             (Ok(None), _) | (_, None) => true,
-            (Ok(Some(f)), Some(e)) => e.admit(self.part, f.meta.timestamp),
-            (Err(_), Some(e)) => e.admit(self.part, t0),
+            (_, Some(e)) => e.admit(self.part, seen, t1),
         };
         let camera_alive = match &captured {
-            Ok(_) | Err(CaptureError::Corrupt) => true,
+            Ok(_) | Err(CaptureError::Corrupt | CaptureError::Missed) => true,
             Err(_) => false,
         };
         set_health(&mut self.out.health, &mut self.counters, camera_alive);
@@ -280,6 +291,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             let c = e.counters();
             (self.counters.pulses, self.counters.ejector_late, self.counters.ejector_overflows) =
                 (c.pulses, c.late, c.overflows);
+            self.counters.ejector_unseen = c.unseen;
         }
     }
 
@@ -333,8 +345,16 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             let _ = draw_status(fb, &status);
         }
         if let Some(w) = self.out.events.as_mut() {
-            if write_event(w, o, threshold).is_err() {
+            if let Err(e) = write_event(w, o, threshold) {
                 self.counters.log_errors += 1;
+                // Said at the first failure and at each power of two: a full disk is loud but
+                // does not flood the journal.
+                if self.counters.log_errors.is_power_of_two() {
+                    log::error!(
+                        "event log: cannot write ({e}); {} event(s) lost so far, inspection goes on: free space where it is written",
+                        self.counters.log_errors
+                    );
+                }
             }
         }
         if o.decided_at.saturating_sub(self.last_summary) >= self.out.summary_every {
@@ -360,7 +380,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             p50.as_secs_f64() * 1e3,
             p99.as_secs_f64() * 1e3,
             c.pulses,
-            EjectorNote(self.out.ejector.is_some().then_some((c.ejector_late, c.ejector_overflows))),
+            EjectorNote(self.out.ejector.is_some().then_some((c.ejector_late, c.ejector_overflows, c.ejector_unseen))),
             c.dropped,
             c.camera_reopened,
             c.triggers,
@@ -422,12 +442,12 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
 }
 
 /// The ejector's part of a summary, when there is an ejector (written without allocating).
-struct EjectorNote(Option<(u64, u64)>);
+struct EjectorNote(Option<(u64, u64, u64)>);
 
 impl std::fmt::Display for EjectorNote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            Some((late, overflow)) => write!(f, " (ejector late {late} overflow {overflow})"),
+            Some((late, overflow, unseen)) => write!(f, " (ejector late {late} overflow {overflow} unseen {unseen})"),
             None => Ok(()),
         }
     }

@@ -38,6 +38,8 @@ pub struct Counters {
     pub ejector_late: u64,
     /// Parts rejected untracked because the ejector's queue was full.
     pub ejector_overflows: u64,
+    /// Times belt the loop had not looked at reached the ejector (held rejected).
+    pub ejector_unseen: u64,
     /// Output line errors (GPIO writes that failed).
     pub output_errors: u64,
     /// Event log writes that failed (e.g. disk full); the line keeps running.

@@ -405,3 +405,50 @@ fn ejector_pulses_each_reject_at_the_ejector_and_late_results_reject() {
         }
     }
 }
+
+/// `anovit soak` on its own process: passes, checks its memory, writes its section of a doc
+/// without touching the rest, and refuses bad options.
+#[test]
+fn soak_writes_its_doc_section_and_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("RELIABILITY.md");
+    std::fs::write(&doc, "# Reliability\n\nhand-written\n\n<!-- fuzz:begin -->\nfuzz table\n<!-- fuzz:end -->\n")
+        .unwrap();
+    let d = doc.to_str().unwrap();
+    let json = dir.path().join("soak.json");
+    let out =
+        anovit(&["soak", "--parts", "2000", "--fault-rate", "0.03", "--doc", d, "--json", json.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&doc).unwrap();
+    assert!(text.starts_with("# Reliability\n\nhand-written\n") && text.contains("fuzz table\n<!-- fuzz:end -->"));
+    assert!(text.contains("<!-- soak:begin -->\n## Soak") && text.contains("**PASSED**"), "{text}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["verdicts"], 2000);
+    assert_eq!(report["escapes"], 0);
+    // Run again: the section is replaced, not appended.
+    assert!(anovit(&["soak", "--parts", "500", "--doc", d]).status.success());
+    let again = std::fs::read_to_string(&doc).unwrap();
+    assert_eq!(again.matches("<!-- soak:begin -->").count(), 1);
+    assert!(again.contains("anovit soak --parts 500"));
+    let bad = anovit(&["soak", "--fault-rate", "0.5"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--fault-rate"));
+}
+
+/// A full disk under the event log: every event that could not be written is counted and said,
+/// and inspection goes on to the last part.
+#[test]
+fn event_log_on_a_full_disk_is_counted_and_inspection_goes_on() {
+    let o = anovit(&["run", "--parts", "300", "--events", "/dev/full", "-q"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("300 parts:"), "{out}");
+    let lost: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("event log: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no event log line in {out}"));
+    assert!(lost > 0, "{out}");
+    assert!(err.contains("event log: cannot write") && err.contains("No space left"), "{err}");
+}

@@ -9,7 +9,7 @@ use anovit::actuation::{Edge, Polarity, RecordingPin, RejectLine, StatusLine};
 use anovit::capture::{CaptureError, Frame, FrameSource, ReplaySource, SourceStats, SyntheticSource};
 use anovit::clock::{Clock, FakeClock};
 use anovit::decision::{AlarmPolicy, Decider, Fault, Verdict};
-use anovit::ejector::{EjectorCounters, PartTracker, Resolution};
+use anovit::ejector::{EjectorCounters, PartTracker, Resolution, Span};
 use anovit::model::{InferError, Model};
 use anovit::pipeline::{AlarmOutput, Engine, Inspector, Outputs};
 use anovit::preprocess::Preprocessor;
@@ -228,7 +228,7 @@ fn health_line_follows_the_camera_and_faults_reject() {
 /// A tracker that remembers what the loop told it and has room for `room` parts.
 #[derive(Default)]
 struct Log {
-    admitted: Vec<(u64, Duration)>,
+    admitted: Vec<(u64, Span)>,
     resolved: Vec<(u64, bool)>,
     finished: u32,
 }
@@ -239,9 +239,9 @@ struct FakeTracker {
 }
 
 impl PartTracker for FakeTracker {
-    fn admit(&self, part: u64, captured_at: Duration) -> bool {
+    fn admit(&self, part: u64, seen: Span, _now: Duration) -> bool {
         let mut l = self.log.lock().unwrap();
-        l.admitted.push((part, captured_at));
+        l.admitted.push((part, seen));
         l.admitted.len() <= self.room
     }
     fn resolve(&self, part: u64, reject: bool) -> Resolution {
@@ -287,7 +287,15 @@ fn with_an_ejector_parts_are_admitted_at_capture_resolved_by_verdict_and_overflo
     let l = log.lock().unwrap();
     let parts: Vec<u64> = l.admitted.iter().map(|a| a.0).collect();
     assert_eq!(parts, [0, 1, 2, 3], "every part admitted, the faulty capture too");
-    assert!(l.admitted.windows(2).all(|w| w[0].1 < w[1].1), "at their capture times");
+    let spans: Vec<Span> = l.admitted.iter().map(|a| a.1).collect();
+    assert!(spans.iter().all(|s| s.from <= s.to));
+    assert!(spans.windows(2).all(|w| w[0].to < w[1].to), "at their capture times");
+    assert_eq!(spans[0].from, spans[0].to, "a frame is one instant");
+    assert!(
+        spans[1].from == spans[0].to && spans[1].to > spans[1].from,
+        "the failed capture stands for the belt since the last frame: {spans:?}"
+    );
+    assert_eq!(spans[2].from, spans[2].to);
     let resolved: Vec<bool> = l.resolved.iter().map(|r| r.1).collect();
     assert_eq!(resolved, verdicts, "resolved by their verdicts");
     assert_eq!(resolved, [false, true, false, false]);

@@ -89,6 +89,9 @@ pub enum CaptureError {
     Timeout,
     /// The device went away.
     Disconnected,
+    /// Triggered capture: no frame was exposed while the part was in view (the camera or the
+    /// loop fell behind), so the part was never seen.
+    Missed,
 }
 
 impl fmt::Display for CaptureError {
@@ -97,6 +100,7 @@ impl fmt::Display for CaptureError {
             CaptureError::Corrupt => "corrupt frame",
             CaptureError::Timeout => "camera timeout",
             CaptureError::Disconnected => "camera disconnected",
+            CaptureError::Missed => "part not imaged in time",
         })
     }
 }

@@ -21,6 +21,9 @@ struct Entry {
     label: heapless::String<32>,
 }
 
+/// Largest width and height of a replayed image (the largest camera frame a board profile allows).
+const MAX_SIDE: u32 = 8192;
+
 /// A folder of PNG/JPEG images played back in name order.
 #[derive(Debug)]
 pub struct ReplaySource {
@@ -109,6 +112,13 @@ impl ReplaySource {
         for e in &entries {
             let (w, h) = image::image_dimensions(&e.path)
                 .map_err(|err| Error::Image { path: e.path.clone(), why: err.to_string() })?;
+            // The buffers are sized from headers alone: a corrupt one must not ask for gigabytes.
+            if w > MAX_SIDE || h > MAX_SIDE {
+                return Err(Error::Image {
+                    path: e.path.clone(),
+                    why: format!("is {w}x{h}: replayed images can be at most {MAX_SIDE}x{MAX_SIDE} pixels"),
+                });
+            }
             max = (max.0.max(w as usize), max.1.max(h as usize));
         }
         Ok(Self {

@@ -15,6 +15,7 @@ use v4l::{Format, FourCC};
 
 use super::convert::{convert, CameraFormat};
 use super::{CaptureError, Frame, FrameMeta, FrameSource, SourceStats, Trigger};
+use crate::ejector::Watermark;
 use crate::error::Error;
 
 /// What to open and how (from the board profile's `[camera]`).
@@ -78,6 +79,8 @@ pub struct V4l2Source {
     mono_offset: Option<Duration>,
     trigger: Option<Box<dyn Trigger>>,
     trigger_delay: Duration,
+    /// Where the trigger wait marks the times it saw no part (for the ejector).
+    idle: Option<Watermark>,
 }
 
 impl V4l2Source {
@@ -100,15 +103,25 @@ impl V4l2Source {
             mono_offset: None,
             trigger: None,
             trigger_delay: Duration::ZERO,
+            idle: None,
         })
     }
 
     /// Inspects one part per trigger edge (a part-present sensor): the first frame exposed at
-    /// least `delay` after the edge. Frames between parts are read and discarded (`skipped`).
-    pub fn with_trigger(mut self, trigger: Box<dyn Trigger>, delay: Duration) -> Self {
+    /// least `delay` after the edge, and within two frame periods of that (later, the part has
+    /// moved on: it was missed). The part's time is its edge plus `delay`, which is where the
+    /// ejector counts from. Frames between parts are read and discarded (`skipped`); while no
+    /// edge comes, `idle` is marked with the time.
+    pub fn with_trigger(mut self, trigger: Box<dyn Trigger>, delay: Duration, idle: Watermark) -> Self {
         self.trigger = Some(trigger);
         self.trigger_delay = delay;
+        self.idle = Some(idle);
         self
+    }
+
+    /// One frame period at the negotiated rate (30 fps when the driver did not say).
+    fn frame_period(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / if self.neg.fps > 0.0 { self.neg.fps } else { 30.0 })
     }
 
     /// What was agreed with the driver.
@@ -168,8 +181,13 @@ impl V4l2Source {
 
     fn loop_time(&mut self, ts: v4l::timestamp::Timestamp, flags: BufFlags, now: Duration) -> Duration {
         let Some(at) = monotonic(ts, flags) else { return now };
+        self.mono_to_loop(at, now)
+    }
+
+    /// A CLOCK_MONOTONIC time on the loop's clock (`now` is the loop's time of the call).
+    fn mono_to_loop(&mut self, at: Duration, now: Duration) -> Duration {
         let offset = *self.mono_offset.get_or_insert_with(|| monotonic_now().saturating_sub(now));
-        // A driver clock running ahead of ours is not to be trusted.
+        // A clock running ahead of ours is not to be trusted.
         at.saturating_sub(offset).min(now)
     }
 
@@ -239,6 +257,12 @@ impl V4l2Source {
             if n == 0 {
                 return Err(self.stream_failed(io::Error::new(io::ErrorKind::TimedOut, "no frame while waiting")));
             }
+            if fds[0].revents == 0 {
+                // No edge up to now: the belt that passed meanwhile held no part.
+                if let (Some(idle), Some(offset)) = (&self.idle, self.mono_offset) {
+                    idle.mark(monotonic_now().saturating_sub(offset));
+                }
+            }
             if fds[0].revents != 0 {
                 match trigger.read_edge() {
                     Ok(at) => {
@@ -285,7 +309,8 @@ impl FrameSource for V4l2Source {
             None
         };
         let (w, h, fmt, stride) = (self.neg.width as usize, self.neg.height as usize, self.neg.format, self.neg.stride);
-        let (seq, converted, ts, flags) = loop {
+        let period = self.frame_period();
+        let (seq, converted, ts, flags, late) = loop {
             let Some(stream) = self.open.as_mut().and_then(|o| o.stream.as_mut()) else {
                 return Err(CaptureError::Disconnected);
             };
@@ -298,16 +323,31 @@ impl FrameSource for V4l2Source {
                 self.stats.skipped += 1;
                 continue;
             }
+            // The first frame after the part came into view came too late to show it.
+            let late =
+                not_before.is_some_and(|t| monotonic(m.timestamp, m.flags).is_some_and(|at| at > t + 2 * period));
             let data = &buf[..(m.bytesused as usize).min(buf.len())];
             let converted = if m.flags.contains(BufFlags::ERROR) {
                 Err("the driver marked the buffer as corrupted".to_string())
             } else {
                 convert(fmt, data, w, h, stride as usize, &mut self.pixels).map_err(|e| e.to_string())
             };
-            break (m.sequence, converted, m.timestamp, m.flags);
+            break (m.sequence, converted, m.timestamp, m.flags, late);
         };
         self.meta.seq = u64::from(seq);
-        self.meta.timestamp = self.loop_time(ts, flags, now);
+        let exposed = self.loop_time(ts, flags, now);
+        // A triggered part's time is when it came into view: where the ejector counts from.
+        self.meta.timestamp = match not_before {
+            Some(t) => self.mono_to_loop(t, now).min(exposed),
+            None => exposed,
+        };
+        if late {
+            log::warn!(
+                "camera {} frame {seq}: exposed too long after the part's trigger, the part was missed",
+                self.neg.path.display()
+            );
+            return Err(CaptureError::Missed);
+        }
         if let Err(why) = converted {
             log::warn!("camera {} frame {seq}: {why}", self.neg.path.display());
             return Err(CaptureError::Corrupt);
