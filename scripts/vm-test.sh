@@ -85,7 +85,7 @@ done
 # Modules: the kernel's own tree plus ours, resolved with their dependencies in load order.
 mkdir -p "$kroot/lib/modules/$kver/extra" && cp "$mods/gpio-sim.ko" "$mods/v4l2loopback.ko" "$kroot/lib/modules/$kver/extra/"
 depmod -b "$kroot" "$kver"
-for m in configfs vivid gpio-sim v4l2loopback; do
+for m in configfs vivid gpio-sim v4l2loopback vfb; do
     modprobe -d "$kroot" -S "$kver" --show-depends "$m" | awk '$1 == "insmod" {print $2}' > "$rootfs/lib/modules/$m.order"
     while read -r ko; do
         dest="$rootfs/lib/modules/${ko#"$kroot"/lib/modules/}"

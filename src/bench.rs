@@ -403,8 +403,7 @@ pub fn bench_loop(
         health: Some(status_line()?),
         encoder: None,
         alarm: Some(AlarmOutput { line: status_line()?, policy: AlarmPolicy::new(3, 10) }),
-        notifier: None,
-        ejector: None,
+        ..Outputs::default()
     };
     let mut insp = Inspector::new(
         source,

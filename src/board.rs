@@ -265,6 +265,11 @@ pub enum DisplayKind {
     None,
     /// In-memory framebuffer (PNG snapshots on request).
     Memory,
+    /// A Linux framebuffer device (`device`): HDMI/DSI consoles, SPI TFTs and OLEDs with a
+    /// kernel driver. The status view (`width` x `height`) is drawn at its top left.
+    Fbdev,
+    /// A 128x64 SSD1306 OLED on an I2C bus (`bus`, `address`), showing the `mono` view.
+    Ssd1306,
 }
 
 /// Display section.
@@ -279,6 +284,30 @@ pub struct Display {
     /// Height in pixels.
     #[serde(default = "default_h")]
     pub height: u32,
+    /// Screen design: `colour` (240x160 and up) or `mono` (128x64 one-colour panels).
+    #[serde(default)]
+    pub layout: crate::display::Layout,
+    /// The framebuffer device (`fbdev`).
+    #[serde(default = "default_fb")]
+    pub device: PathBuf,
+    /// The I2C bus of an `ssd1306` panel.
+    #[serde(default = "default_i2c")]
+    pub bus: PathBuf,
+    /// The panel's I2C address (0x3c, or 0x3d with its address pad bridged).
+    #[serde(default = "default_oled_address")]
+    pub address: u8,
+}
+
+fn default_i2c() -> PathBuf {
+    PathBuf::from("/dev/i2c-1")
+}
+
+fn default_oled_address() -> u8 {
+    0x3c
+}
+
+fn default_fb() -> PathBuf {
+    PathBuf::from("/dev/fb0")
 }
 
 fn default_w() -> u32 {
@@ -409,6 +438,11 @@ impl BoardProfile {
         let d = &self.display;
         if d.kind != DisplayKind::None && (!(64..=4096).contains(&d.width) || !(64..=4096).contains(&d.height)) {
             return Err(format!("`display.width` x `display.height` {}x{} must each be 64..4096", d.width, d.height));
+        }
+        if d.kind == DisplayKind::Ssd1306
+            && ((d.width, d.height) != (128, 64) || d.layout != crate::display::Layout::Mono)
+        {
+            return Err("an `ssd1306` display is 128x64 with `layout = \"mono\"`: set `width = 128`, `height = 64`, `layout = \"mono\"`".into());
         }
         if let Some(t) = &self.trigger {
             if c.source != SourceKind::V4l2 {
@@ -545,6 +579,24 @@ kind = "memory"
         assert_eq!(p.camera.parts, 200);
         assert_eq!(p.reject.polarity, Polarity::ActiveHigh);
         assert_eq!(p.pulse(), Duration::from_millis(40));
+    }
+
+    #[test]
+    fn screens_by_kind_with_their_layout() {
+        let fb = OK.replace("kind = \"memory\"", "kind = \"fbdev\"\ndevice = \"/dev/fb1\"\nwidth = 480\nheight = 320");
+        let p = BoardProfile::parse(&fb).unwrap();
+        assert_eq!((p.display.kind, p.display.device.to_str()), (DisplayKind::Fbdev, Some("/dev/fb1")));
+        assert_eq!(p.display.layout, crate::display::Layout::Colour);
+        let oled = OK.replace(
+            "kind = \"memory\"",
+            "kind = \"ssd1306\"\nbus = \"/dev/i2c-3\"\naddress = 0x3d\nwidth = 128\nheight = 64\nlayout = \"mono\"",
+        );
+        let p = BoardProfile::parse(&oled).unwrap();
+        assert_eq!((p.display.kind, p.display.address), (DisplayKind::Ssd1306, 0x3d));
+        let wrong = oled.replace("layout = \"mono\"", "layout = \"colour\"");
+        assert!(BoardProfile::parse(&wrong).unwrap_err().contains("layout = \"mono\""));
+        let wrong = oled.replace("width = 128", "width = 320");
+        assert!(BoardProfile::parse(&wrong).unwrap_err().contains("128x64"));
     }
 
     #[test]

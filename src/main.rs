@@ -427,6 +427,41 @@ fn run(a: RunArgs) -> Result<()> {
     }
 }
 
+/// The framebuffer device of `[display]`, checked against the view drawn on it.
+fn open_fbdev(d: &anovit::board::Display) -> Result<Box<dyn anovit::display::Panel>> {
+    use anovit::display::{fbdev::Fbdev, Layout};
+    let fb = Fbdev::open(&d.device).map_err(|e| anyhow::anyhow!(e))?;
+    let (w, h) = fb.size();
+    if d.width > w || d.height > h {
+        bail!(
+            "{} shows {w}x{h} pixels: `display.width` x `display.height` ({}x{}) must fit in it",
+            d.device.display(),
+            d.width,
+            d.height
+        );
+    }
+    if fb.is_mono() && d.layout != Layout::Mono {
+        bail!("{} is a one-colour screen: set `display.layout = \"mono\"`", d.device.display());
+    }
+    log::info!("display: {} ({w}x{h}), {:?} view of {}x{}", d.device.display(), d.layout, d.width, d.height);
+    Ok(Box::new(fb))
+}
+
+/// The SSD1306 panel of `[display]`, on a thread of its own (a frame takes ~25 ms on the bus).
+#[cfg(feature = "hw-i2c")]
+fn open_oled(d: &anovit::board::Display) -> Result<Box<dyn anovit::display::Panel>> {
+    let oled = anovit::display::oled::open(&d.bus, d.address).map_err(|e| anyhow::anyhow!(e))?;
+    log::info!("display: SSD1306 at {:#04x} on {}", d.address, d.bus.display());
+    let t = anovit::display::Threaded::spawn(Box::new(oled), d.width, d.height)
+        .context("cannot start the display's thread")?;
+    Ok(Box::new(t))
+}
+
+#[cfg(not(feature = "hw-i2c"))]
+fn open_oled(_: &anovit::board::Display) -> Result<Box<dyn anovit::display::Panel>> {
+    bail!("this build has no I2C panel support: rebuild with `--features hw-i2c`")
+}
+
 /// The ejector's thread, driving `line` when each part reaches the ejector.
 fn spawn_ejector<P: OutputPin + Send + 'static>(
     p: Placement,
@@ -602,10 +637,17 @@ fn run_loop<P: OutputPin>(
             std::fs::File::create(p).with_context(|| format!("cannot create event log {}", p.display()))?,
         ))),
     };
-    let display = (board.display.kind == DisplayKind::Memory)
-        .then(|| MemoryFramebuffer::new(board.display.width, board.display.height));
+    let d = &board.display;
+    let display = (d.kind != DisplayKind::None).then(|| MemoryFramebuffer::new(d.width, d.height));
+    let panel = match d.kind {
+        DisplayKind::Fbdev => Some(open_fbdev(d)?),
+        DisplayKind::Ssd1306 => Some(open_oled(d)?),
+        DisplayKind::None | DisplayKind::Memory => None,
+    };
     let outputs = Outputs {
         display,
+        layout: d.layout,
+        panel,
         events,
         summary_every: Duration::from_secs(board.telemetry.summary_every_s),
         health: board

@@ -15,7 +15,7 @@ use crate::actuation::{RejectLine, StatusLine};
 use crate::capture::{CaptureError, FrameSource};
 use crate::clock::Clock;
 use crate::decision::{AlarmPolicy, Decider, Fault, Verdict};
-use crate::display::{draw_status, MemoryFramebuffer, Status};
+use crate::display::{draw_status, Heatmap, Layout, MemoryFramebuffer, Panel, Status};
 use crate::ejector::{PartTracker, Span};
 use crate::model::{InferError, Model};
 use crate::preprocess::Preprocessor;
@@ -39,8 +39,12 @@ impl Engine for Model {
 
 /// Optional outputs of the loop.
 pub struct Outputs {
-    /// Status screen.
+    /// Status screen (drawn in memory).
     pub display: Option<MemoryFramebuffer>,
+    /// Its design.
+    pub layout: Layout,
+    /// Where the drawn screen is shown (a framebuffer device, a panel).
+    pub panel: Option<Box<dyn Panel>>,
     /// JSON-lines event log.
     pub events: Option<Box<dyn Write + Send>>,
     /// Time between periodic summaries in the log.
@@ -59,6 +63,9 @@ pub struct Outputs {
     pub ejector: Option<Box<dyn PartTracker>>,
 }
 
+/// How many parts the screen's late-results banner stays up after a late result.
+const LATE_BANNER_PARTS: u64 = 100;
+
 /// The alarm line and the rule that drives it.
 pub struct AlarmOutput {
     /// The line.
@@ -71,6 +78,8 @@ impl Default for Outputs {
     fn default() -> Self {
         Self {
             display: None,
+            layout: Layout::Colour,
+            panel: None,
             events: None,
             summary_every: Duration::from_secs(5),
             health: None,
@@ -98,6 +107,12 @@ pub struct Inspector<S: FrameSource, E: Engine, P: OutputPin, C: Clock> {
     last_summary: Duration,
     last_frame_at: Option<Duration>,
     frame_interval_s: f32,
+    /// The last part rejected on its score, for the screen.
+    heatmap: Option<Heatmap>,
+    /// The camera delivered the last frame.
+    camera_ok: bool,
+    /// The last part with a late result.
+    last_late: Option<u64>,
     /// Up to when the belt has been seen (last frame's exposure) or given up for lost (a failed
     /// capture's span): the next failed capture stands for the belt after it.
     seen_until: Option<Duration>,
@@ -117,6 +132,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         out: Outputs,
     ) -> Self {
         let last_summary = clock.now();
+        let heatmap = out.display.as_ref().map(|_| Heatmap::new());
         Self {
             source,
             pre,
@@ -133,6 +149,9 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             last_frame_at: None,
             frame_interval_s: 0.0,
             seen_until: None,
+            heatmap,
+            camera_ok: true,
+            last_late: None,
         }
     }
 
@@ -199,6 +218,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             Err(_) => false,
         };
         set_health(&mut self.out.health, &mut self.counters, camera_alive);
+        self.camera_ok = camera_alive;
         let (meta, result) = match captured {
             Ok(None) => return None,
             Err(e) => (None, Err(Fault::Capture(e))),
@@ -244,7 +264,11 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         let score = result.ok();
         if let Some(e) = &self.out.ejector {
             e.resolve(self.part, verdict.is_reject());
+            let late_before = self.counters.ejector_late;
             self.sync_ejector_counters();
+            if self.counters.ejector_late > late_before {
+                self.last_late = Some(self.part);
+            }
         } else if verdict.is_reject() {
             match self.line.fire(t4) {
                 Ok(()) => self.counters.pulses += 1,
@@ -252,6 +276,12 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             }
         }
         self.counters.record(verdict, meta.as_ref().and_then(|m| m.truth));
+        if let (Verdict::Defect, Some(h)) = (verdict, self.heatmap.as_mut()) {
+            h.update(self.scorer.map(), self.scorer.width(), self.scorer.height(), self.decider.threshold(), self.part);
+        }
+        if matches!(verdict, Verdict::Fault(Fault::Late)) {
+            self.last_late = Some(self.part);
+        }
         self.update_alarm(verdict);
         if !tracked {
             self.raise_alarm("the ejector's queue is full: a part was rejected untracked");
@@ -341,8 +371,20 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
                 counters: &self.counters,
                 fps,
                 p99,
+                camera_ok: self.camera_ok,
+                alarm: self.out.alarm.as_ref().is_some_and(|a| a.line.is_on() == Some(true)),
+                late: self.last_late.is_some_and(|p| o.part.saturating_sub(p) < LATE_BANNER_PARTS),
+                heatmap: self.heatmap.as_ref().filter(|h| h.part <= o.part && self.counters.defects > 0),
             };
-            let _ = draw_status(fb, &status);
+            let _ = draw_status(fb, &status, self.out.layout);
+            if let Some(panel) = self.out.panel.as_mut() {
+                if let Err(why) = panel.show(fb) {
+                    self.counters.output_errors += 1;
+                    if self.counters.output_errors.is_power_of_two() {
+                        log::error!("display: {why}");
+                    }
+                }
+            }
         }
         if let Some(w) = self.out.events.as_mut() {
             if let Err(e) = write_event(w, o, threshold) {

@@ -14,7 +14,16 @@ use anovit::capture::convert::{convert, CameraFormat};
 use anovit::capture::SyntheticSource;
 use anovit::clock::MonotonicClock;
 use anovit::decision::{AlarmPolicy, Decider};
-use anovit::display::MemoryFramebuffer;
+use anovit::display::{Layout, MemoryFramebuffer, Panel, Threaded};
+
+/// A screen that shows nothing.
+struct Discard;
+
+impl Panel for Discard {
+    fn show(&mut self, _: &MemoryFramebuffer) -> Result<(), String> {
+        Ok(())
+    }
+}
 use anovit::model::Model;
 use anovit::pipeline::{AlarmOutput, Inspector, Outputs};
 use anovit::preprocess::Preprocessor;
@@ -52,6 +61,9 @@ fn steady_state_loop_allocates_nothing_in_our_code() {
         // reads the socket, so its queue fills and the sends fail without blocking, as designed.
         notifier: Some(Notifier::new(notify_path.to_str().unwrap(), Some(Duration::ZERO)).unwrap()),
         ejector: None,
+        layout: Layout::Colour,
+        // A panel on its thread, so that handing views over is measured too.
+        panel: Some(Box::new(Threaded::spawn(Box::new(Discard), 320, 240).unwrap())),
     };
     anovit::logger::init(log::LevelFilter::Off);
     let mut insp = Inspector::new(

@@ -284,4 +284,46 @@ section5() {
 }
 run_section 5 && section5
 
+# 6. The status screen on a real framebuffer device: the kernel's virtual framebuffer (vfb) at
+#    640x480, 32 bits RGBA. After the run, the screen memory read back through /dev/fb0 must hold
+#    the last part's verdict colour in the view's panel (exactly, in the device's byte order),
+#    black in the view's lower half, and nothing outside the view. An 8-bit palette mode is
+#    refused at start with a message that says what to do.
+section6() {
+    load vfb "vfb_enable=1 videomemorysize=1228800 mode_option=640x480-32"
+    fb=""
+    for g in /sys/class/graphics/fb*; do
+        [ "$(cat "$g/name" 2>/dev/null)" = "Virtual FB" ] && fb=/dev/${g##*/}
+    done
+    [ -n "$fb" ] || { bad "fbdev: vfb did not register a framebuffer"; return; }
+    # The text console must not draw on it meanwhile.
+    for v in /sys/class/vtconsole/vtcon*/bind; do echo 0 > "$v" 2>/dev/null; done
+    sed "s|^device = .*|device = \"$fb\"|" /etc/fbdev.toml > /tmp/fbdev.toml
+    px() { dd if="$fb" bs=4 skip=$(($2 * 640 + $1)) count=1 2>/dev/null | od -An -tu1 | tr -s ' ' | sed 's/^ //;s/ $//'; }
+    before=$(px 400 300)
+    anovit run --board /tmp/fbdev.toml --model /models/demo-f32 --parts 3 --events /tmp/ev6.jsonl -q > /tmp/run6.log 2>&1
+    rc=$?
+    last=$(tail -n 1 /tmp/ev6.jsonl | sed -n 's/.*"verdict":"\([A-Z]*\)".*/\1/p')
+    case "$last" in OK) want="20 140 60 0" ;; NG) want="200 30 30 0" ;; *) want="220 140 0 0" ;; esac
+    panel=$(px 2 60)
+    below=$(px 300 230)
+    outside=$(px 400 300)
+    echo "    last verdict $last; panel pixel [$panel], view's lower half [$below], outside the view [$outside] (before [$before])"
+    if [ $rc = 0 ] && [ "$panel" = "$want" ] && [ "$below" = "0 0 0 0" ] && [ "$outside" = "$before" ] && grep -q "display: $fb (640x480)" /tmp/run6.log; then
+        ok "fbdev: the status view of the last part ($last) is on $fb in its RGBA byte order"
+    else
+        bad "fbdev: exit $rc, last verdict '$last', panel [$panel] (want [$want]), below [$below], outside [$outside]; $(tail -n 3 /tmp/run6.log)"
+    fi
+    rmmod vfb
+    load vfb "vfb_enable=1 videomemorysize=1228800 mode_option=640x480-8"
+    anovit run --board /tmp/fbdev.toml --model /models/demo-f32 --parts 1 -q > /tmp/run6b.log 2>&1
+    rc=$?
+    if [ $rc != 0 ] && grep -q "8 bits per pixel" /tmp/run6b.log && grep -q "fbset" /tmp/run6b.log; then
+        ok "fbdev: an 8-bit palette mode is refused at start, saying what to set"
+    else
+        bad "fbdev: 8-bit mode: exit $rc, $(tail -n 2 /tmp/run6b.log)"
+    fi
+}
+run_section 6 && section6
+
 finish
