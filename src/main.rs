@@ -68,6 +68,22 @@ enum Cmd {
     /// stalls and disconnections, late and failing inference, a full disk) and check every
     /// part at the ejector; figures for docs/RELIABILITY.md. Exits 1 if any invariant broke.
     Soak(SoakArgs),
+    /// Recompute the scores of a golden file (tests/data/golden.json, onnxruntime on x86) with
+    /// this build: the check for ARM builds, under qemu or on the board. Exits 1 beyond tolerance.
+    Golden(GoldenArgs),
+}
+
+#[derive(Args)]
+struct GoldenArgs {
+    /// The golden file.
+    #[arg(default_value = "tests/data/golden.json")]
+    file: PathBuf,
+    /// Model bundle. Default: models/demo-f32.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The shared data folder for the real-image entries (skipped, and said so, without it).
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -324,6 +340,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "onnx")]
         Some(Cmd::Compile(a)) => compile(&a),
         Some(Cmd::Bench(a)) => bench(&a),
+        Some(Cmd::Golden(a)) => golden(&a),
         Some(Cmd::Soak(a)) => {
             // Thousands of injected faults would bury the report: their log lines with -v.
             if cli.verbose == 0 {
@@ -1071,6 +1088,29 @@ struct BenchConfig {
     precision: String,
     threads: usize,
     model: Model,
+}
+
+fn golden(a: &GoldenArgs) -> Result<()> {
+    let file = if a.file.exists() { a.file.clone() } else { shipped("tests/data/golden.json") };
+    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let bundle = Bundle::load(&a.model.clone().unwrap_or_else(|| shipped("models/demo-f32")))?;
+    let (checked, skipped, tol) =
+        anovit::golden::check(&text, &bundle, a.data.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    let mut worst = 0.0f64;
+    for c in &checked {
+        println!("{}: here {:.7} golden {:.7} rel {:.2e}", c.name, c.got, c.want, c.rel);
+        worst = worst.max(c.rel);
+    }
+    println!(
+        "golden: {} scores on {}, largest relative difference {worst:.2e} (tolerance {tol:.0e}){}",
+        checked.len(),
+        std::env::consts::ARCH,
+        if skipped > 0 { format!("; {skipped} real-image entries skipped (no --data)") } else { String::new() }
+    );
+    if checked.is_empty() || worst >= tol {
+        bail!("golden scores do not match within {tol:.0e}");
+    }
+    Ok(())
 }
 
 fn soak(a: &SoakArgs) -> Result<()> {

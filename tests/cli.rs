@@ -452,3 +452,18 @@ fn event_log_on_a_full_disk_is_counted_and_inspection_goes_on() {
     assert!(lost > 0, "{out}");
     assert!(err.contains("event log: cannot write") && err.contains("No space left"), "{err}");
 }
+
+/// `anovit golden`: the check an ARM build runs recomputes the golden scores, and refuses a
+/// golden file made for another model.
+#[test]
+fn golden_check_recomputes_the_scores_and_refuses_another_models_file() {
+    let o = anovit(&["golden"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains(&format!("scores on {}", std::env::consts::ARCH)), "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("tests/data/golden.json")).unwrap();
+    let other = dir.path().join("golden.json");
+    std::fs::write(&other, text.replace("\"model_sha256\": \"8", "\"model_sha256\": \"9")).unwrap();
+    fails_with(&["golden", other.to_str().unwrap()], "made for another model");
+}
