@@ -66,18 +66,21 @@ for t in $targets; do
     done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n1 || true)
     [ -n "$done_line" ] || done_line=$(grep -E '^#[0-9]+[[:space:]]' "$log" | tail -n1 || true)
     field() { sed -nE "s|.*[[:space:]]$1: ([^ ]+).*|\\1|p" <<<"$done_line"; }
-    runs=$(grep -E '^stat::number_of_executed_units:' "$log" | awk '{print $2}' | tail -n1)
+    # -print_final_stats=1: "stat::NAME: VALUE" lines (absent when the target never ran).
+    stat() { awk -v k="stat::$1:" '$1 == k {v = $2} END {print v}' "$log"; }
+    runs=$(stat number_of_executed_units)
     [ -n "$runs" ] || runs=$(sed -nE 's/^#([0-9]+).*/\1/p' <<<"$done_line")
-    eps=$(grep -E '^stat::average_exec_per_sec:' "$log" | awk '{print $2}' | tail -n1)
+    eps=$(stat average_exec_per_sec)
     [ -n "$eps" ] || eps=$(field exec/s)
     cov=$(field cov)
     ft=$(field ft)
     corp=$(field corp)
-    rss=$(grep -E '^stat::peak_rss_mb:' "$log" | awk '{print $2}' | tail -n1)
+    rss=$(stat peak_rss_mb)
     if [ "$rc" = 0 ]; then
         result=ok
     else
         kind=crash
+        grep -q '^INFO: Seed:' "$log" || kind="error: the target did not start"
         grep -q 'libFuzzer: timeout' "$log" && kind=timeout
         grep -qE 'libFuzzer: out-of-memory|malloc limit|AddressSanitizer: (out of memory|requested allocation size)|allocation-size-too-big' "$log" && kind=oom
         result="FAIL ($kind)"
@@ -86,7 +89,7 @@ for t in $targets; do
         [ -z "$artifact" ] || artifact=$(realpath --relative-to=. "$artifact" 2>/dev/null || echo "$artifact")
         failed+=("$t")
         echo "!! $t: $kind (exit $rc); log: $log"
-        grep -E 'panicked at|ERROR: (AddressSanitizer|libFuzzer)|SUMMARY' "$log" | head -n 5 || true
+        grep -E 'panicked at|ERROR: (AddressSanitizer|libFuzzer)|SUMMARY|^error' "$log" | head -n 5 || true
         if [ -n "$artifact" ]; then
             echo "!! input: $artifact"
             echo "!! reproduce: RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer $sanitizer $t $artifact"
@@ -115,7 +118,7 @@ if [ "$doc" = 1 ]; then
         echo "of every format (\`frame_convert\`), bundle manifests (\`manifest\`), board profiles with"
         echo "the values the runtime derives from them (\`board_profile\`), replayed image files"
         echo "(\`replay_image\`) and frames of any size through preprocessing (\`preprocess\`). Each ran"
-        echo "for $secs s from the seeds in \`fuzz/seeds/\`, one after the other on one core."
+        echo "for $secs s from the seeds in \`fuzz/seeds/\`, one target at a time (one fuzzing process)."
         echo
         echo "- command: \`$cmd\`"
         echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
