@@ -374,7 +374,8 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
                 camera_ok: self.camera_ok,
                 alarm: self.out.alarm.as_ref().is_some_and(|a| a.line.is_on() == Some(true)),
                 late: self.last_late.is_some_and(|p| o.part.saturating_sub(p) < LATE_BANNER_PARTS),
-                heatmap: self.heatmap.as_ref().filter(|h| h.part <= o.part && self.counters.defects > 0),
+                // Filled at the first defect (the only verdict that updates it).
+                heatmap: self.heatmap.as_ref().filter(|_| self.counters.defects > 0),
             };
             let _ = draw_status(fb, &status, self.out.layout);
             if let Some(panel) = self.out.panel.as_mut() {

@@ -130,6 +130,11 @@ impl FaultKind {
         FaultKind::LogWriteFailure,
     ];
 
+    /// Its place in [`Self::ALL`] (and in the tallies kept in that order).
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|&f| f == self).unwrap_or(0)
+    }
+
     /// Share of parts that get this fault, relative to the fault rate.
     pub fn share(self) -> f64 {
         match self {
@@ -253,9 +258,7 @@ impl World {
     fn advance_to(&mut self, t: Duration) {
         loop {
             let now = self.clock.now();
-            let pulse_end = self.ejector.pulse_remaining(now).map(|r| now + r);
-            let next = [pulse_end, self.next_service.map(Duration::from_micros)].into_iter().flatten().min();
-            match next {
+            match self.pending(now).into_iter().flatten().min() {
                 Some(d) if d <= t => {
                     self.clock.advance(d.saturating_sub(now));
                     let now = self.clock.now();
@@ -268,6 +271,12 @@ impl World {
         self.clock.advance(t.saturating_sub(now));
         let now = self.clock.now();
         self.next_service = self.ejector.service(micros(now), now);
+    }
+
+    /// When the ejector needs serving next: the end of the active pulse, the next due position.
+    fn pending(&self, now: Duration) -> [Option<Duration>; 2] {
+        let pulse_end = self.ejector.pulse_remaining(now).map(|r| now + r);
+        [pulse_end, self.next_service.map(Duration::from_micros)]
     }
 
     fn record(&mut self, part: u64) -> Option<&mut PartRecord> {
@@ -322,8 +331,7 @@ impl PartTracker for SimTracker {
         w.ejector.stop_watching();
         loop {
             let now = w.clock.now();
-            let pulse_end = w.ejector.pulse_remaining(now).map(|r| now + r);
-            match [pulse_end, w.next_service.map(Duration::from_micros)].into_iter().flatten().max() {
+            match w.pending(now).into_iter().flatten().max() {
                 Some(t) => w.advance_to(t.max(now + Duration::from_micros(1))),
                 None => break,
             }
@@ -686,8 +694,7 @@ impl Tally {
             _ => None,
         };
         if let Some(kind) = r.fault {
-            let i = FaultKind::ALL.iter().position(|&f| f == kind).unwrap_or(0);
-            let inj = &mut self.injected[i];
+            let inj = &mut self.injected[kind.index()];
             inj.drawn += 1;
             let effective = match kind {
                 FaultKind::LateInference | FaultKind::InferenceError | FaultKind::NanOutput => r.engine_reached,
@@ -817,11 +824,12 @@ pub fn run(cfg: &SoakConfig, manifest: &Manifest) -> Result<SoakReport, String> 
     if faults_by_kind != c.faults {
         tally.violation(format!("counters: {} faults, {faults_by_kind} by kind", c.faults));
     }
-    let log_failures = tally.injected[6].effective;
+    let log = FaultKind::LogWriteFailure.index();
+    let log_failures = tally.injected[log].effective;
     if c.log_errors != log_failures {
         tally.violation(format!("{log_failures} log writes failed, {} counted", c.log_errors));
     }
-    tally.injected[6].counted = c.log_errors.min(log_failures);
+    tally.injected[log].counted = c.log_errors.min(log_failures);
     if let (Some(first), Some(last), true) = (rss.first(), rss.last(), cfg.check_memory) {
         if *last > first + 4096 {
             tally.violation(format!("resident memory grew from {first} KiB to {last} KiB"));

@@ -165,6 +165,9 @@ impl Drop for Fbdev {
 impl Panel for Fbdev {
     fn show(&mut self, fb: &MemoryFramebuffer) -> Result<(), String> {
         let (w, h) = (fb.width.min(self.size.0) as usize, fb.height.min(self.size.1) as usize);
+        if h == 0 {
+            return Err(format!("{}: nothing to show", self.path.display()));
+        }
         // SAFETY: `mem` maps `len` bytes for as long as `self` lives; checked in `open` to hold
         // every visible row.
         let mem = unsafe { std::slice::from_raw_parts_mut(self.mem, self.len) };
@@ -173,9 +176,6 @@ impl Panel for Fbdev {
             let src = &fb.pixels[y * fb.width as usize * 3..][..w * 3];
             let row = &mut mem[(y0 + y) * self.stride..][..self.stride];
             write_row(self.format, src, row, x0);
-        }
-        if h == 0 {
-            return Err(format!("{}: nothing to show", self.path.display()));
         }
         Ok(())
     }
@@ -227,7 +227,7 @@ fn write_row(format: Format, src: &[u8], row: &mut [u8], x0: usize) {
         Format::Mono { lit } => {
             for (i, px) in src.chunks_exact(3).enumerate() {
                 let x = x0 + i;
-                let on = u32::from(px[0]) + u32::from(px[1]) + u32::from(px[2]) >= 384;
+                let on = super::lit(px);
                 if let Some(byte) = row.get_mut(x / 8) {
                     let bit = 1u8 << (x % 8);
                     if on == lit {

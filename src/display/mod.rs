@@ -334,6 +334,11 @@ fn heat(v: u8) -> Rgb888 {
     Rgb888::new(ch(0), ch(255), ch(510))
 }
 
+/// Whether an RGB8 pixel of the view is lit on a one-colour screen (brighter than mid-grey).
+pub(crate) fn lit(px: &[u8]) -> bool {
+    u32::from(px[0]) + u32::from(px[1]) + u32::from(px[2]) >= 384
+}
+
 /// A real screen the status view is shown on (after it is drawn in memory).
 pub trait Panel: Send {
     /// Shows `fb` (the whole status view).

@@ -42,7 +42,7 @@ impl<I: I2c + Send> Panel for Oled<I> {
             for x in 0..w {
                 let o = ((y * fb.width + x) * 3) as usize;
                 let p = &fb.pixels[o..o + 3];
-                self.dev.set_pixel(x, y, u32::from(p[0]) + u32::from(p[1]) + u32::from(p[2]) >= 384);
+                self.dev.set_pixel(x, y, super::lit(p));
             }
         }
         self.dev.flush().map_err(|e| format!("SSD1306: {e:?}"))
