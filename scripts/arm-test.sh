@@ -1,49 +1,63 @@
 #!/usr/bin/env bash
-# The ARM stage: cross-builds `anovit` for aarch64 (Raspberry Pi 4/5, Jetson) with Debian's
-# cross tools and Rust standard library (no Docker, no rustup download), and runs it under
-# qemu-aarch64, tract's NEON kernels included: `anovit golden` recomputes the golden scores
-# (onnxruntime on x86) within 1e-4 relative, and the whole loop on synthetic parts must give
-# the x86 build's verdicts and scores.
+# The ARM stage: cross-builds `anovit` for aarch64 (Raspberry Pi 4/5, Jetson; the default) or
+# armv7 (32-bit Raspberry Pi OS) with Debian's cross tools and Rust standard library (no Docker,
+# no rustup download), and runs it under qemu-user, tract's NEON kernels included: `anovit
+# golden` recomputes the golden scores (onnxruntime on x86) within 1e-4 relative, and the whole
+# loop on synthetic parts must give the x86 build's verdicts and scores.
 #
-#   scripts/arm-test.sh        (root, or the packages below already installed)
+#   scripts/arm-test.sh [aarch64|armv7]      (root, or the packages below already installed)
 #
-# The build goes to target/aarch64 (about 10 minutes the first time on 2 idle cores, then
-# cached). Runs through the binary, not libtest: the libtest golden binary spins under
-# qemu-aarch64 before its test body makes a system call (seen with -strace), while the same
-# build's `anovit` runs (about 8 s a part under emulation).
+# The build goes to target/<arch> (10 to 20 minutes the first time on 2 cores, then cached).
+# Runs through the binary, not libtest: the libtest golden binary spins under qemu-aarch64
+# before its test body makes a system call (seen with -strace), while the same build's `anovit`
+# runs (about 8 s a part under emulation).
 #
-# Status: not part of the test command yet (its CI cost is to be measured; issue 9).
+# Part of the test command for aarch64 (scripts/test.sh; ANOVIT_SKIP_ARM=1 skips it). Each
+# check prints an `arm-check: ok|FAIL` line that the test command counts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-. scripts/debs.sh
-need_debs arm --arch arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user rustc-web cargo-web libstd-rust-web-dev:arm64
+arch=${1:-aarch64}
+case $arch in
+aarch64) deb=arm64 triple=aarch64-unknown-linux-gnu gnu=aarch64-linux-gnu qemu=qemu-aarch64 ;;
+armv7) deb=armhf triple=armv7-unknown-linux-gnueabihf gnu=arm-linux-gnueabihf qemu=qemu-arm ;;
+*)
+    echo "usage: scripts/arm-test.sh [aarch64|armv7]" >&2
+    exit 2
+    ;;
+esac
 
-# Debian's compiler, whose standard library for aarch64 comes from libstd-rust-web-dev:arm64
-# (rustup's rustc would come first in PATH and has no aarch64 std here). Linker, C compiler for
+. scripts/debs.sh
+need_debs arm --arch $deb gcc-$gnu libc6-dev-$deb-cross qemu-user rustc-web cargo-web libstd-rust-web-dev:$deb
+
+# Debian's compiler, whose standard library for the target comes from libstd-rust-web-dev
+# (rustup's rustc would come first in PATH and has no ARM std here). Linker, C compiler for
 # tract's NEON assembly and the qemu runner are in .cargo/config.toml.
 export RUSTC=/usr/bin/rustc
-cargo_arm() {
-    local sub=$1
-    shift
-    timeout 3000 /usr/bin/cargo "$sub" --release --target aarch64-unknown-linux-gnu --target-dir target/aarch64 "$@"
-}
-echo "== arm: building anovit for aarch64 ($($RUSTC --version))"
-cargo_arm build --bin anovit
-arm=target/aarch64/aarch64-unknown-linux-gnu/release/anovit
-run_arm() { timeout 1200 qemu-aarch64 -L /usr/aarch64-linux-gnu "$arm" "$@"; }
+echo "== arm: building anovit for $triple ($($RUSTC --version))"
+timeout 3000 /usr/bin/cargo build --release --target $triple --target-dir target/$arch --bin anovit
+bin=target/$arch/$triple/release/anovit
+run_arm() { timeout 1200 $qemu -L /usr/$gnu "$bin" "$@"; }
 data=()
 [ -d ../shared/data ] && data=(--data ../shared/data)
-echo "== arm: golden scores under qemu-aarch64"
-run_arm golden "${data[@]}" | tee /tmp/anovit-arm.log
-echo "== arm: the loop on the same synthetic parts, aarch64 against x86"
+check() { if [ "$1" = 0 ]; then echo "arm-check: ok   $2"; else echo "arm-check: FAIL $2"; fails=1; fi; }
+fails=0
+echo "== arm: golden scores under $qemu"
+rc=0
+run_arm golden "${data[@]}" > /tmp/anovit-arm.log 2>&1 || rc=$?
+cat /tmp/anovit-arm.log
+check $rc "$arch golden scores: $(grep '^golden:' /tmp/anovit-arm.log || echo 'anovit golden failed')"
+echo "== arm: the loop on the same synthetic parts, $arch against x86"
 # Emulation is slow: a deadline that cannot turn its time into faults.
 board=$(mktemp --suffix=.toml)
 sed 's/^result_deadline_ms = .*/result_deadline_ms = 60000/' board/host-demo.toml > "$board"
 cargo build --release --quiet --bin anovit
 target/release/anovit run --board "$board" --parts 6 --events /tmp/anovit-x86.jsonl -q > /dev/null 2>&1
-run_arm run --board "$board" --parts 6 --events /tmp/anovit-arm.jsonl -q > /dev/null 2>&1
-python3 - /tmp/anovit-x86.jsonl /tmp/anovit-arm.jsonl <<'PY'
+rc=0
+run_arm run --board "$board" --parts 6 --events /tmp/anovit-arm.jsonl -q > /dev/null 2>&1 || rc=$?
+check $rc "$arch anovit run under $qemu (exit $rc)"
+rc=0
+python3 - /tmp/anovit-x86.jsonl /tmp/anovit-arm.jsonl > /tmp/anovit-arm-loop.log 2>&1 <<'PY' || rc=$?
 import json, sys
 x86, arm = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
 assert len(x86) == len(arm) == 6, (len(x86), len(arm))
@@ -51,7 +65,10 @@ worst = 0.0
 for a, b in zip(x86, arm):
     assert a["verdict"] == b["verdict"], (a, b)
     worst = max(worst, abs(a["score"] - b["score"]) / abs(a["score"]))
-print(f"arm: 6 parts, same verdicts as x86, largest relative score difference {worst:.2e}")
+print(f"6 parts, same verdicts as x86, largest relative score difference {worst:.2e}")
 assert worst < 1e-4, worst
 PY
+cat /tmp/anovit-arm-loop.log
+check $rc "$arch loop: $(tail -1 /tmp/anovit-arm-loop.log)"
 rm -f "$board"
+exit $fails

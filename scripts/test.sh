@@ -6,14 +6,18 @@
 #   VM: the real binary against real kernel drivers (vivid camera, gpio-sim lines) in qemu
 #       (scripts/vm-test.sh; needs root for its Debian packages the first time;
 #       ANOVIT_SKIP_VM=1 skips it, loudly).
+#   ARM: the binary cross-built for aarch64 with Debian's tools, run under qemu-aarch64 against
+#        the golden scores and the x86 build's loop (scripts/arm-test.sh; root the first time;
+#        ANOVIT_SKIP_ARM=1 skips it, loudly).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import torch, onnxruntime, onnx, sklearn" 2>/dev/null; then
     echo "== setting up .venv from scripts/requirements.txt (torch is large: a few minutes)"
     python3 -m venv .venv
-    .venv/bin/pip install --quiet --upgrade pip
-    .venv/bin/pip install --quiet -r scripts/requirements.txt
+    .venv/bin/pip install --quiet --no-cache-dir --upgrade pip
+    # No wheel cache: torch and its CUDA wheels would take another ~4 GB of disk.
+    .venv/bin/pip install --quiet --no-cache-dir -r scripts/requirements.txt
 fi
 
 echo "== cargo test (release: tract is slow unoptimised)"
@@ -30,4 +34,12 @@ if [ "${ANOVIT_SKIP_VM:-0}" = 1 ]; then
 else
     scripts/vm-test.sh 2>&1 | tee /tmp/anovit-vm.log
     grep -E "^vm-check: (ok|FAIL)" /tmp/anovit-vm.log | awk '{n[$2]++} END {printf "vm: %d passed, %d failed\n", n["ok"], n["FAIL"]}'
+fi
+
+echo "== ARM stage: aarch64 build under qemu (scripts/arm-test.sh)"
+if [ "${ANOVIT_SKIP_ARM:-0}" = 1 ]; then
+    echo "arm: SKIPPED (ANOVIT_SKIP_ARM=1): the aarch64 build was not checked"
+else
+    scripts/arm-test.sh 2>&1 | tee /tmp/anovit-arm-stage.log
+    grep -E "^arm-check: (ok|FAIL)" /tmp/anovit-arm-stage.log | awk '{n[$2]++} END {printf "arm: %d passed, %d failed\n", n["ok"], n["FAIL"]}'
 fi
