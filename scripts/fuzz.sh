@@ -130,18 +130,7 @@ if [ "$doc" = 1 ]; then
         echo
         echo "\`cov\`: code edges reached, \`ft\`: libFuzzer features; the corpus is what the run kept."
     )
-    FUZZ_SECTION="$section" python3 - <<'EOF'
-import os, pathlib
-path = pathlib.Path("docs/RELIABILITY.md")
-begin, end = "<!-- fuzz:begin -->", "<!-- fuzz:end -->"
-section = os.environ["FUZZ_SECTION"].strip("\n")
-text = path.read_text() if path.exists() else f"# Reliability\n\n{begin}\n{end}\n"
-if begin not in text or end not in text or text.index(begin) > text.index(end):
-    text = text.rstrip("\n") + f"\n\n{begin}\n{end}\n"
-head, rest = text.split(begin, 1)
-_, tail = rest.split(end, 1)
-path.write_text(f"{head}{begin}\n{section}\n{end}{tail}")
-EOF
+    echo "$section" | python3 scripts/docsection.py docs/RELIABILITY.md fuzz
     echo "== wrote the fuzz section of docs/RELIABILITY.md"
 fi
 

@@ -330,6 +330,120 @@ fn default_summary() -> u64 {
     5
 }
 
+/// MQTT section: where the station publishes its events (docs/FLEET.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mqtt {
+    /// Broker as `host` or `host:port` (port 1883 when left out).
+    pub broker: String,
+    /// Station name, the topics' prefix `anovit/<station>/`; the profile's name when left out.
+    #[serde(default)]
+    pub station: Option<String>,
+    /// Client id; `anovit-<station>` when left out.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// QoS of events: 1 (at least once, the default) or 0 (at most once).
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Messages kept while the broker is away; the oldest are dropped (and counted) beyond.
+    #[serde(default = "default_buffer")]
+    pub buffer: usize,
+    /// Seconds between counters messages.
+    #[serde(default = "default_counters_every")]
+    pub counters_every_s: u64,
+    /// Publish a JPEG of each rejected part with its anomalies (one waits during an outage).
+    #[serde(default)]
+    pub thumbnails: bool,
+    /// Keep-alive in seconds (at least 5).
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: u64,
+    /// At exit, how long to go on sending what is waiting, in milliseconds.
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: u64,
+    /// Optional credentials.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for `username`.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+fn default_qos() -> u8 {
+    1
+}
+fn default_buffer() -> usize {
+    10_000
+}
+fn default_counters_every() -> u64 {
+    10
+}
+fn default_keep_alive() -> u64 {
+    10
+}
+fn default_flush_ms() -> u64 {
+    3000
+}
+
+impl Mqtt {
+    /// The broker's host and port (`host`, `host:port`, `[v6 address]:port`).
+    pub fn host_port(&self) -> std::result::Result<(String, u16), String> {
+        let b = self.broker.trim();
+        let (host, port) = match b.strip_prefix('[') {
+            Some(rest) => match rest.split_once(']') {
+                Some((h, "")) => (h, None),
+                Some((h, p)) => (h, Some(p.strip_prefix(':').unwrap_or(p))),
+                None => (b, None),
+            },
+            // A bare IPv6 address has several colons and no port.
+            None => match b.split_once(':') {
+                Some((h, p)) if !p.contains(':') => (h, Some(p)),
+                _ => (b, None),
+            },
+        };
+        if host.is_empty() {
+            return Err("`mqtt.broker` must name a host, as \"broker.local\" or \"10.0.0.5:1883\"".into());
+        }
+        let port = match port {
+            None => 1883,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| format!("`mqtt.broker` port {p:?} must be a number 1..65535"))?,
+        };
+        Ok((host.to_string(), port))
+    }
+
+    /// The topics' station name: `station`, or the profile's name made topic-safe.
+    pub fn station(&self, profile: &str) -> String {
+        self.station.clone().unwrap_or_else(|| profile.replace(['/', '+', '#', ' ', '\0'], "-"))
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        self.host_port()?;
+        if self.qos > 1 {
+            return Err(format!("`mqtt.qos` {} must be 0 or 1", self.qos));
+        }
+        if !(1..=1_000_000).contains(&self.buffer) {
+            return Err(format!("`mqtt.buffer` {} must be 1..1000000 messages", self.buffer));
+        }
+        if !(1..=86_400).contains(&self.counters_every_s) {
+            return Err(format!("`mqtt.counters_every_s` {} must be 1..86400", self.counters_every_s));
+        }
+        if !(5..=3600).contains(&self.keep_alive_s) {
+            return Err(format!("`mqtt.keep_alive_s` {} must be 5..3600", self.keep_alive_s));
+        }
+        if self.flush_ms > 600_000 {
+            return Err(format!("`mqtt.flush_ms` {} must be at most 600000", self.flush_ms));
+        }
+        let bad = |t: &str| t.is_empty() || t.contains(['/', '+', '#', '\0']);
+        if self.station.as_deref().is_some_and(bad) {
+            return Err("`mqtt.station` must be a non-empty name without '/', '+', '#'".into());
+        }
+        Ok(())
+    }
+}
+
 /// A validated board profile.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -367,6 +481,9 @@ pub struct BoardProfile {
     /// Telemetry.
     #[serde(default = "default_telemetry")]
     pub telemetry: Telemetry,
+    /// Optional publishing to an MQTT broker.
+    #[serde(default)]
+    pub mqtt: Option<Mqtt>,
 }
 
 fn default_telemetry() -> Telemetry {
@@ -385,6 +502,13 @@ impl BoardProfile {
             }
         }
         Ok(p)
+    }
+
+    /// Parses and validates an `[mqtt]` section alone (its TOML body).
+    pub fn parse_mqtt(text: &str) -> std::result::Result<Mqtt, String> {
+        let m: Mqtt = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        m.validate()?;
+        Ok(m)
     }
 
     /// Parses and validates profile TOML.
@@ -514,6 +638,9 @@ impl BoardProfile {
         if self.telemetry.summary_every_s == 0 {
             return Err("`telemetry.summary_every_s` must be at least 1".into());
         }
+        if let Some(m) = &self.mqtt {
+            m.validate()?;
+        }
         Ok(())
     }
 
@@ -597,6 +724,37 @@ kind = "memory"
         assert!(BoardProfile::parse(&wrong).unwrap_err().contains("layout = \"mono\""));
         let wrong = oled.replace("width = 128", "width = 320");
         assert!(BoardProfile::parse(&wrong).unwrap_err().contains("128x64"));
+    }
+
+    #[test]
+    fn mqtt_broker_address_and_limits() {
+        let with = |m: &str| BoardProfile::parse(&format!("{OK}\n[mqtt]\n{m}\n"));
+        for (broker, host, port) in [
+            ("broker.local", "broker.local", 1883),
+            ("10.0.0.5:1884", "10.0.0.5", 1884),
+            ("[::1]:1885", "::1", 1885),
+            ("fe80::1", "fe80::1", 1883),
+        ] {
+            let p = with(&format!("broker = {broker:?}")).unwrap();
+            let m = p.mqtt.unwrap();
+            assert_eq!(m.host_port().unwrap(), (host.to_string(), port), "{broker}");
+            assert_eq!((m.qos, m.buffer, m.station(&p.name)), (1, 10_000, p.name.clone()));
+        }
+        for (m, why) in [
+            ("broker = \"host:0\"", "port"),
+            ("broker = \"host:http\"", "port"),
+            ("broker = \":1883\"", "must name a host"),
+            ("broker = \"h\"\nqos = 2", "0 or 1"),
+            ("broker = \"h\"\nbuffer = 0", "mqtt.buffer"),
+            ("broker = \"h\"\nstation = \"a/b\"", "mqtt.station"),
+            ("broker = \"h\"\nkeep_alive_s = 1", "keep_alive_s"),
+            ("brokr = \"h\"", "unknown field"),
+        ] {
+            let e = with(m).unwrap_err();
+            assert!(e.contains(why), "{m}: {e}");
+        }
+        let named = with("broker = \"h\"").unwrap().mqtt.unwrap();
+        assert_eq!(named.station("line 3/cam#1"), "line-3-cam-1");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod display;
 pub mod ejector;
 pub mod error;
 pub mod evaluate;
+pub mod fleet;
 pub mod golden;
 #[cfg(feature = "hw-gpio")]
 pub mod gpio;

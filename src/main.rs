@@ -297,6 +297,10 @@ struct RunArgs {
     /// Cores the model's matrix products run on (default 1; docs/PERF.md has both).
     #[arg(long)]
     threads: Option<usize>,
+    /// Publish to this MQTT broker (`host` or `host:port`), with the profile's `[mqtt]`
+    /// settings when it has them (docs/FLEET.md).
+    #[arg(long, value_name = "BROKER")]
+    mqtt: Option<String>,
 }
 
 #[derive(Args)]
@@ -682,7 +686,9 @@ fn run_loop<P: OutputPin>(
         },
         notifier: Notifier::from_env(),
         ejector,
+        outbox: None,
     };
+    let (outputs, publisher) = start_publisher(outputs, board, bundle, a)?;
     let mut insp = Inspector::new(
         source,
         Preprocessor::new(&m.input),
@@ -705,6 +711,7 @@ fn run_loop<P: OutputPin>(
     });
     drop(out);
     let report = insp.finish();
+    publisher.finish();
     if report.pin.is_none() {
         log::error!("the reject line could not be returned to idle");
     }
@@ -749,6 +756,84 @@ fn run_loop<P: OutputPin>(
         println!("status screen saved to {}", p.display());
     }
     Ok(())
+}
+
+/// The profile's `[mqtt]` section, with the broker given on the command line if any.
+fn mqtt_settings(board: &BoardProfile, a: &RunArgs) -> Result<Option<anovit::board::Mqtt>> {
+    let mut m = board.mqtt.clone();
+    if let Some(b) = &a.mqtt {
+        let base = match m.take() {
+            Some(m) => m,
+            None => anovit::board::BoardProfile::parse_mqtt(&format!("broker = {b:?}"))
+                .map_err(|e| anyhow::anyhow!("--mqtt {b:?}: {e}"))?,
+        };
+        let set = anovit::board::Mqtt { broker: b.clone(), ..base };
+        set.host_port().map_err(|e| anyhow::anyhow!("--mqtt {b:?}: {e}"))?;
+        m = Some(set);
+    }
+    Ok(m)
+}
+
+/// Starts publishing to MQTT when the profile or the command line asks for it.
+#[cfg(feature = "mqtt")]
+fn start_publisher(
+    mut out: Outputs,
+    board: &BoardProfile,
+    bundle: &Bundle,
+    a: &RunArgs,
+) -> Result<(Outputs, Publisher)> {
+    let Some(m) = mqtt_settings(board, a)? else { return Ok((out, Publisher(None))) };
+    let station = m.station(&board.name);
+    let denorm = m.thumbnails.then_some(anovit::fleet::Denorm {
+        width: bundle.manifest.input.width(),
+        height: bundle.manifest.input.height(),
+        mean: bundle.manifest.input.mean,
+        std: bundle.manifest.input.std,
+    });
+    let outbox = anovit::fleet::Outbox::new(m.buffer, Duration::from_secs(m.counters_every_s), denorm);
+    let online = serde_json::json!({
+        "state": "online",
+        "board": board.name,
+        "model": bundle.manifest.name,
+        "threshold": bundle.manifest.threshold.value,
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+    .to_string();
+    let p = anovit::fleet::mqtt::Publisher::start(&m, &station, online, outbox.clone())
+        .context("cannot start the MQTT publisher thread")?;
+    log::info!(
+        "mqtt: publishing to {} as anovit/{station}/ (QoS {}, up to {} messages kept while it is away)",
+        m.broker,
+        m.qos,
+        m.buffer
+    );
+    out.outbox = Some(outbox);
+    Ok((out, Publisher(Some(p))))
+}
+
+#[cfg(not(feature = "mqtt"))]
+fn start_publisher(out: Outputs, board: &BoardProfile, _: &Bundle, a: &RunArgs) -> Result<(Outputs, Publisher)> {
+    match mqtt_settings(board, a)? {
+        None => Ok((out, Publisher)),
+        Some(_) => {
+            bail!("MQTT publishing is configured, but this build has no MQTT support: rebuild with `--features mqtt`")
+        }
+    }
+}
+
+/// The MQTT publisher of a run, if any.
+#[cfg(feature = "mqtt")]
+struct Publisher(Option<anovit::fleet::mqtt::Publisher>);
+#[cfg(not(feature = "mqtt"))]
+struct Publisher;
+
+impl Publisher {
+    fn finish(self) {
+        #[cfg(feature = "mqtt")]
+        if let Some(p) = self.0 {
+            p.finish();
+        }
+    }
 }
 
 /// Compiles, then checks that the plan reproduces the ONNX model's output on a real frame.

@@ -17,6 +17,7 @@ use crate::clock::Clock;
 use crate::decision::{AlarmPolicy, Decider, Fault, Verdict};
 use crate::display::{draw_status, Heatmap, Layout, MemoryFramebuffer, Panel, Status};
 use crate::ejector::{PartTracker, Span};
+use crate::fleet::Outbox;
 use crate::model::{InferError, Model};
 use crate::preprocess::Preprocessor;
 use crate::scoring::Scorer;
@@ -61,6 +62,8 @@ pub struct Outputs {
     /// is captured and resolved by its verdict; the tracker owns the reject pulses. Without it,
     /// the reject line pulses at the verdict.
     pub ejector: Option<Box<dyn PartTracker>>,
+    /// Messages for the plant (MQTT): part events, counters, alarms, reject thumbnails.
+    pub outbox: Option<Arc<Outbox>>,
 }
 
 /// How many parts the screen's late-results banner stays up after a late result.
@@ -87,6 +90,7 @@ impl Default for Outputs {
             alarm: None,
             notifier: None,
             ejector: None,
+            outbox: None,
         }
     }
 }
@@ -279,6 +283,20 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         if let (Verdict::Defect, Some(h)) = (verdict, self.heatmap.as_mut()) {
             h.update(self.scorer.map(), self.scorer.width(), self.scorer.height(), self.decider.threshold(), self.part);
         }
+        if let (Verdict::Defect, Some(ob)) = (verdict, self.out.outbox.as_ref().filter(|o| o.wants_thumbnails())) {
+            let (w, h) = self.pre.size();
+            let s = &self.scorer;
+            ob.offer_thumbnail(
+                self.part,
+                self.pre.output(),
+                w,
+                h,
+                s.map(),
+                s.width(),
+                s.height(),
+                self.decider.threshold(),
+            );
+        }
         if matches!(verdict, Verdict::Fault(Fault::Late)) {
             self.last_late = Some(self.part);
         }
@@ -331,6 +349,9 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         let Some(a) = self.out.alarm.as_mut() else { return };
         if a.line.is_on() != Some(true) {
             self.counters.alarms += 1;
+            if let Some(ob) = &self.out.outbox {
+                ob.alarm(self.part, true, why);
+            }
         }
         if a.line.set(true).is_err() {
             self.counters.output_errors += 1;
@@ -343,11 +364,15 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         if a.line.set(on).is_err() {
             self.counters.output_errors += 1;
         }
+        let why = if on { "repeated faults: the station is not inspecting" } else { "parts are judged again" };
         if on {
             self.counters.alarms += 1;
-            log::error!("ALARM: repeated faults, the station is not inspecting (last: {})", verdict.label());
+            log::error!("ALARM: {why} (last: {})", verdict.label());
         } else {
-            log::warn!("alarm cleared: parts are judged again");
+            log::warn!("alarm cleared: {why}");
+        }
+        if let Some(ob) = &self.out.outbox {
+            ob.alarm(self.part, on, why);
         }
     }
 
@@ -398,6 +423,13 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
                         self.counters.log_errors
                     );
                 }
+            }
+        }
+        if let Some(ob) = &self.out.outbox {
+            ob.part(o, threshold);
+            if ob.counters_due(o.decided_at) {
+                let [p50, p99] = self.latency.percentiles([50, 99]).unwrap_or([Duration::ZERO; 2]);
+                ob.push_counters(o.decided_at, &self.counters, fps, p50, p99);
             }
         }
         if o.decided_at.saturating_sub(self.last_summary) >= self.out.summary_every {
@@ -467,6 +499,9 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             }
         }
         let [p50, p99] = self.latency.percentiles([50, 99]).unwrap_or([Duration::ZERO; 2]);
+        if let Some(ob) = &self.out.outbox {
+            ob.push_counters(self.clock.now(), &self.counters, fps, p50, p99);
+        }
         // Cutting the last reject pulse short could let its part pass the ejector.
         if let Some(left) = self.line.remaining(self.clock.now()) {
             std::thread::sleep(left);

@@ -87,6 +87,11 @@ impl Preprocessor {
         }
     }
 
+    /// Width and height of the model input.
+    pub fn size(&self) -> (usize, usize) {
+        (self.width, self.height)
+    }
+
     /// The model input written by the last [`Self::run`], NCHW.
     pub fn output(&self) -> &[f32] {
         &self.out

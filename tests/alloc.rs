@@ -15,6 +15,7 @@ use anovit::capture::SyntheticSource;
 use anovit::clock::MonotonicClock;
 use anovit::decision::{AlarmPolicy, Decider};
 use anovit::display::{Layout, MemoryFramebuffer, Panel, Threaded};
+use anovit::fleet::{Denorm, Outbox};
 
 /// A screen that shows nothing.
 struct Discard;
@@ -46,6 +47,24 @@ fn steady_state_loop_allocates_nothing_in_our_code() {
     notify_socket.set_nonblocking(true).unwrap();
     let line = RejectLine::new(RecordingPin::<_, 1024>::new(clock), Polarity::GoodEnergised, Duration::from_millis(1))
         .unwrap();
+    let denorm = Denorm { width: m.input.width(), height: m.input.height(), mean: m.input.mean, std: m.input.std };
+    let outbox = Outbox::new(16, Duration::ZERO, Some(denorm));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drain = {
+        let (outbox, stop) = (outbox.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut thumbnails = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while let Some(m) = outbox.pop() {
+                    drop(m.payload);
+                }
+                thumbnails += outbox.take_thumbnail_jpeg().is_some() as u32;
+                outbox.restock();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            thumbnails
+        })
+    };
     let outputs = Outputs {
         display: Some(MemoryFramebuffer::new(320, 240)),
         events: Some(Box::new(std::io::BufWriter::new(std::io::sink()))),
@@ -64,6 +83,9 @@ fn steady_state_loop_allocates_nothing_in_our_code() {
         layout: Layout::Colour,
         // A panel on its thread, so that handing views over is measured too.
         panel: Some(Box::new(Threaded::spawn(Box::new(Discard), 320, 240).unwrap())),
+        // Messages for MQTT (every part, counters every part, thumbnails), drained by a
+        // stand-in publisher on its own thread, so that the loop's side is measured.
+        outbox: Some(outbox.clone()),
     };
     anovit::logger::init(log::LevelFilter::Off);
     let mut insp = Inspector::new(
@@ -92,6 +114,11 @@ fn steady_state_loop_allocates_nothing_in_our_code() {
         "allocations over {frames} frames: ours {ours}, tract {tract} ({:.1} per frame at the model boundary)",
         tract as f64 / frames as f64
     );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let thumbnails = drain.join().unwrap();
+    let sent = outbox.totals();
+    println!("outbox: {sent:?}, {thumbnails} thumbnail(s) taken");
+    assert!(sent.queued >= 2 * frames, "every part and its counters go to the outbox: {sent:?}");
     assert!(rejects > 0, "the run should include rejects so that the reject path is measured");
     assert_eq!(ours, 0, "our stages allocated {ours} times in {frames} frames");
     assert!(tract > 0, "the tally must see tract's allocations, or it is not measuring anything");
