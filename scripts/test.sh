@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command (README): sets up what the tests need, then runs every suite.
 #   Rust: unit tests, the whole loop with fakes, golden scores against onnxruntime, the
-#         allocation test, the binary's error handling, publishing to a real Mosquitto broker
-#         (cargo test; root the first time, for Debian's mosquitto packages).
+#         allocation test, the binary's error handling, publishing to a real Mosquitto broker,
+#         the set-up page in headless Chromium (cargo test; root the first time, for Debian's
+#         mosquitto and chromium packages).
 #   Python: preprocessing/scoring contract, model, a short real train -> export -> quantize run.
 #   VM: the real binary against real kernel drivers (vivid camera, gpio-sim lines) in qemu
 #       (scripts/vm-test.sh; needs root for its Debian packages the first time;
@@ -21,9 +22,9 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import torch, onnxruntime
     .venv/bin/pip install --quiet --no-cache-dir -r scripts/requirements.txt
 fi
 
-# The MQTT tests run against a real Mosquitto broker on loopback.
+# The MQTT tests run against a real Mosquitto broker on loopback, the set-up page's in Chromium.
 . scripts/debs.sh
-need_debs mqtt mosquitto mosquitto-clients
+need_debs fleet mosquitto mosquitto-clients chromium
 
 echo "== cargo test (release: tract is slow unoptimised)"
 cargo test --release 2>&1 | tee /tmp/anovit-cargo-test.log

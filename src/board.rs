@@ -444,6 +444,30 @@ impl Mqtt {
     }
 }
 
+/// Set-up page section (docs/FLEET.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Web {
+    /// Address to listen on, as `127.0.0.1:8080` or `0.0.0.0:8080` (every interface).
+    pub listen: String,
+    /// With a token, the page may change the threshold (`Authorization: Bearer <token>`);
+    /// without, it is read-only.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl Web {
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!("`web.listen` {:?} must be an address and port, as \"0.0.0.0:8080\"", self.listen));
+        }
+        if self.token.as_deref().is_some_and(|t| t.len() < 8 || !t.bytes().all(|b| b.is_ascii_graphic())) {
+            return Err("`web.token` must be at least 8 printable characters without spaces".into());
+        }
+        Ok(())
+    }
+}
+
 /// A validated board profile.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -484,6 +508,9 @@ pub struct BoardProfile {
     /// Optional publishing to an MQTT broker.
     #[serde(default)]
     pub mqtt: Option<Mqtt>,
+    /// Optional set-up page.
+    #[serde(default)]
+    pub web: Option<Web>,
 }
 
 fn default_telemetry() -> Telemetry {
@@ -641,6 +668,9 @@ impl BoardProfile {
         if let Some(m) = &self.mqtt {
             m.validate()?;
         }
+        if let Some(w) = &self.web {
+            w.validate()?;
+        }
         Ok(())
     }
 
@@ -753,6 +783,10 @@ kind = "memory"
             let e = with(m).unwrap_err();
             assert!(e.contains(why), "{m}: {e}");
         }
+        let web = |w: &str| BoardProfile::parse(&format!("{OK}\n[web]\n{w}\n"));
+        assert!(web("listen = \"0.0.0.0:8080\"\ntoken = \"s3cret-token\"").unwrap().web.is_some());
+        assert!(web("listen = \"8080\"").unwrap_err().contains("web.listen"));
+        assert!(web("listen = \"127.0.0.1:8080\"\ntoken = \"short\"").unwrap_err().contains("web.token"));
         let named = with("broker = \"h\"").unwrap().mqtt.unwrap();
         assert_eq!(named.station("line 3/cam#1"), "line-3-cam-1");
     }

@@ -97,6 +97,11 @@ impl Decider {
         self.threshold
     }
 
+    /// Sets the threshold (the set-up page, with its token).
+    pub fn set_threshold(&mut self, threshold: f32) {
+        self.threshold = threshold;
+    }
+
     /// Decides one part from its score (or the fault that prevented one), its capture time and
     /// the time now.
     pub fn decide(&self, score: Result<f32, Fault>, captured: Duration, now: Duration) -> Verdict {

@@ -301,6 +301,10 @@ struct RunArgs {
     /// settings when it has them (docs/FLEET.md).
     #[arg(long, value_name = "BROKER")]
     mqtt: Option<String>,
+    /// Serve the set-up page on this address (e.g. 127.0.0.1:8080), read-only unless the
+    /// profile's `[web]` has a token (docs/FLEET.md).
+    #[arg(long, value_name = "ADDR")]
+    web: Option<String>,
 }
 
 #[derive(Args)]
@@ -687,8 +691,10 @@ fn run_loop<P: OutputPin>(
         notifier: Notifier::from_env(),
         ejector,
         outbox: None,
+        scene: None,
     };
     let (outputs, publisher) = start_publisher(outputs, board, bundle, a)?;
+    let (outputs, _page) = start_page(outputs, board, bundle, a)?;
     let mut insp = Inspector::new(
         source,
         Preprocessor::new(&m.input),
@@ -819,6 +825,45 @@ fn start_publisher(out: Outputs, board: &BoardProfile, _: &Bundle, a: &RunArgs) 
             bail!("MQTT publishing is configured, but this build has no MQTT support: rebuild with `--features mqtt`")
         }
     }
+}
+
+/// Serves the set-up page when the profile or the command line asks for it.
+#[cfg(feature = "web")]
+fn start_page(
+    mut out: Outputs,
+    board: &BoardProfile,
+    bundle: &Bundle,
+    a: &RunArgs,
+) -> Result<(Outputs, Option<anovit::fleet::page::Page>)> {
+    let token = board.web.as_ref().and_then(|w| w.token.clone());
+    let Some(listen) = a.web.clone().or_else(|| board.web.as_ref().map(|w| w.listen.clone())) else {
+        return Ok((out, None));
+    };
+    let m = &bundle.manifest;
+    let scene = std::sync::Arc::new(anovit::fleet::scene::Scene::new(
+        m.input.roi,
+        m.input.width(),
+        m.input.height(),
+        m.threshold.value,
+    ));
+    let station = anovit::fleet::page::Station { board: board.name.clone(), model: m.name.clone() };
+    let page = anovit::fleet::page::Page::start(&listen, token.clone(), scene.clone(), station)
+        .map_err(|e| anyhow::anyhow!("set-up page: {e} (is another program on that port?)"))?;
+    log::info!(
+        "set-up page: http://{}/ ({})",
+        page.addr,
+        if token.is_some() { "threshold changes allowed with the token" } else { "read-only" }
+    );
+    out.scene = Some(scene);
+    Ok((out, Some(page)))
+}
+
+#[cfg(not(feature = "web"))]
+fn start_page(out: Outputs, board: &BoardProfile, _: &Bundle, a: &RunArgs) -> Result<(Outputs, Option<()>)> {
+    if a.web.is_some() || board.web.is_some() {
+        bail!("a set-up page is configured, but this build has no web support: rebuild with `--features web`");
+    }
+    Ok((out, None))
 }
 
 /// The MQTT publisher of a run, if any.

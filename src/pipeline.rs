@@ -17,6 +17,7 @@ use crate::clock::Clock;
 use crate::decision::{AlarmPolicy, Decider, Fault, Verdict};
 use crate::display::{draw_status, Heatmap, Layout, MemoryFramebuffer, Panel, Status};
 use crate::ejector::{PartTracker, Span};
+use crate::fleet::scene::Scene;
 use crate::fleet::Outbox;
 use crate::model::{InferError, Model};
 use crate::preprocess::Preprocessor;
@@ -64,6 +65,8 @@ pub struct Outputs {
     pub ejector: Option<Box<dyn PartTracker>>,
     /// Messages for the plant (MQTT): part events, counters, alarms, reject thumbnails.
     pub outbox: Option<Arc<Outbox>>,
+    /// What the set-up page shows, and the threshold it asks for.
+    pub scene: Option<Arc<Scene>>,
 }
 
 /// How many parts the screen's late-results banner stays up after a late result.
@@ -91,6 +94,7 @@ impl Default for Outputs {
             notifier: None,
             ejector: None,
             outbox: None,
+            scene: None,
         }
     }
 }
@@ -120,6 +124,8 @@ pub struct Inspector<S: FrameSource, E: Engine, P: OutputPin, C: Clock> {
     /// Up to when the belt has been seen (last frame's exposure) or given up for lost (a failed
     /// capture's span): the next failed capture stands for the belt after it.
     seen_until: Option<Duration>,
+    /// The set-up page took this part's frame (its map follows).
+    scene_took_frame: bool,
 }
 
 impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
@@ -153,6 +159,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             last_frame_at: None,
             frame_interval_s: 0.0,
             seen_until: None,
+            scene_took_frame: false,
             heatmap,
             camera_ok: true,
             last_late: None,
@@ -200,6 +207,10 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
     pub fn step(&mut self) -> Option<Outcome> {
         let t0 = self.clock.now();
         self.poll_line(t0);
+        if let Some(t) = self.out.scene.as_ref().and_then(|s| s.take_threshold()) {
+            self.decider.set_threshold(t);
+        }
+        self.scene_took_frame = false;
         let mut times = StageTimes::default();
         let captured = self.source.next_frame(t0);
         let t1 = self.clock.now();
@@ -228,6 +239,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             Err(e) => (None, Err(Fault::Capture(e))),
             Ok(Some(frame)) => {
                 let meta = frame.meta.clone();
+                self.scene_took_frame = self.out.scene.as_ref().is_some_and(|s| s.offer_frame(self.part, &frame));
                 let result = match self.pre.run(&frame) {
                     Err(e) => {
                         times.preprocess = self.clock.now() - t1;
@@ -424,6 +436,10 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
                     );
                 }
             }
+        }
+        if let Some(sc) = &self.out.scene {
+            let map = (self.scene_took_frame && o.score.is_some()).then(|| self.scorer.map());
+            sc.record(o, map, threshold, &self.counters, fps);
         }
         if let Some(ob) = &self.out.outbox {
             ob.part(o, threshold);

@@ -15,6 +15,7 @@ use anovit::capture::SyntheticSource;
 use anovit::clock::MonotonicClock;
 use anovit::decision::{AlarmPolicy, Decider};
 use anovit::display::{Layout, MemoryFramebuffer, Panel, Threaded};
+use anovit::fleet::scene::Scene;
 use anovit::fleet::{Denorm, Outbox};
 
 /// A screen that shows nothing.
@@ -50,6 +51,19 @@ fn steady_state_loop_allocates_nothing_in_our_code() {
     let denorm = Denorm { width: m.input.width(), height: m.input.height(), mean: m.input.mean, std: m.input.std };
     let outbox = Outbox::new(16, Duration::ZERO, Some(denorm));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scene = std::sync::Arc::new(Scene::new(m.input.roi, m.input.width(), m.input.height(), m.threshold.value));
+    let page = {
+        let (scene, stop) = (scene.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut views = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                scene.watched();
+                views += scene.read(|v| !v.live.composite().is_empty() && !v.live.map.is_empty()) as u32;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            views
+        })
+    };
     let drain = {
         let (outbox, stop) = (outbox.clone(), stop.clone());
         std::thread::spawn(move || {
@@ -86,6 +100,8 @@ fn steady_state_loop_allocates_nothing_in_our_code() {
         // Messages for MQTT (every part, counters every part, thumbnails), drained by a
         // stand-in publisher on its own thread, so that the loop's side is measured.
         outbox: Some(outbox.clone()),
+        // The set-up page's view, watched and read by a stand-in page on its own thread.
+        scene: Some(scene.clone()),
     };
     anovit::logger::init(log::LevelFilter::Off);
     let mut insp = Inspector::new(
@@ -116,6 +132,8 @@ fn steady_state_loop_allocates_nothing_in_our_code() {
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let thumbnails = drain.join().unwrap();
+    let views = page.join().unwrap();
+    assert!(views > 0, "the page saw frames with their maps");
     let sent = outbox.totals();
     println!("outbox: {sent:?}, {thumbnails} thumbnail(s) taken");
     assert!(sent.queued >= 2 * frames, "every part and its counters go to the outbox: {sent:?}");

@@ -328,7 +328,7 @@ impl Default for Heatmap {
 }
 
 /// Black through red and yellow to white.
-pub(crate) fn heat(v: u8) -> Rgb888 {
+fn heat(v: u8) -> Rgb888 {
     let v = u32::from(v) * 3;
     let ch = |lo: u32| (v.saturating_sub(lo)).min(255) as u8;
     Rgb888::new(ch(0), ch(255), ch(510))

@@ -1,6 +1,6 @@
 //! What the station tells the plant: per-part events, periodic counters, faults, alarms and
 //! reject thumbnails, put in an [`Outbox`] by the frame loop and sent by a publisher thread
-//! (MQTT: [`mqtt`]).
+//! (MQTT: `mqtt`); and what the set-up page shows ([`scene`], served by `page`).
 //!
 //! The loop never waits on the network: the outbox is a lock-free ring of fixed capacity. When
 //! the broker is away it fills; when full, each new message displaces the oldest, which is
@@ -9,6 +9,9 @@
 
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "web")]
+pub mod page;
+pub mod scene;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use embedded_graphics::pixelcolor::RgbColor;
 
 use crate::decision::Verdict;
 use crate::telemetry::{write_event, Counters, Outcome};
@@ -372,18 +374,25 @@ fn overlay(t: &Thumbnail, d: &Denorm) -> Vec<u8> {
         for x in 0..w {
             let i = y * w + x;
             let m = t.map[my * t.map_width + x * t.map_width / w];
-            let v = if t.threshold > 0.0 { (m / t.threshold).clamp(0.0, 1.0) } else { 0.0 };
-            let heat = crate::display::heat((v * 255.0) as u8);
-            let hc = [heat.r(), heat.g(), heat.b()];
-            // Below half the threshold the part shows as it is; above, heat takes over.
-            let alpha = ((v - 0.5) * 2.0).clamp(0.0, 1.0) * 0.7;
-            for c in 0..3 {
-                let px = ((t.input[c * plane + i] * d.std[c] + d.mean[c]) * 255.0).clamp(0.0, 255.0);
-                rgb[i * 3 + c] = (px * (1.0 - alpha) + f32::from(hc[c]) * alpha) as u8;
-            }
+            let px: [f32; 3] =
+                std::array::from_fn(|c| ((t.input[c * plane + i] * d.std[c] + d.mean[c]) * 255.0).clamp(0.0, 255.0));
+            rgb[i * 3..i * 3 + 3].copy_from_slice(&blend(px.map(|v| v as u8), m, t.threshold));
         }
     }
     rgb
+}
+
+/// One pixel with anomaly `value` over it: from half the threshold up, yellow turning red at
+/// the threshold, more opaque the hotter (red and yellow stand out on grey and metal parts).
+pub(crate) fn blend(px: [u8; 3], value: f32, threshold: f32) -> [u8; 3] {
+    let v = if threshold > 0.0 { (value / threshold).clamp(0.0, 1.0) } else { 0.0 };
+    let hot = ((v - 0.5) * 2.0).clamp(0.0, 1.0);
+    if hot == 0.0 {
+        return px;
+    }
+    let alpha = 0.35 + 0.45 * hot;
+    let heat = [255.0, 255.0 * (1.0 - hot), 0.0];
+    std::array::from_fn(|c| (f32::from(px[c]) * (1.0 - alpha) + heat[c] * alpha) as u8)
 }
 
 #[cfg(test)]
@@ -446,10 +455,10 @@ mod tests {
         let img = image::load_from_memory(&jpeg).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (w as u32, h as u32));
         let [r, g, b] = img.get_pixel(1, 1).0;
-        // The cool half is the part's grey (0.5 -> ~128), the hot half leans to the heat colour.
+        // The cool half is the part's grey (0.5 -> ~128), the hot half turns red.
         assert!(r.abs_diff(128) < 12 && g.abs_diff(128) < 12 && b.abs_diff(128) < 12, "{r} {g} {b}");
         let hot = img.get_pixel(w as u32 - 2, 1).0;
-        assert!(hot[0] > 180 && hot[2] > 180 && hot[1] > 180, "{hot:?}");
+        assert!(hot[0] > 200 && hot[1] < 80 && hot[2] < 80, "{hot:?}");
         assert!(ob.take_thumbnail_jpeg().is_none());
         ob.offer_thumbnail(3, &input, w, h, &map, w, h, 1.0);
         assert_eq!(ob.take_thumbnail_jpeg().unwrap().0, 3);
