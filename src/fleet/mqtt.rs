@@ -143,16 +143,7 @@ impl Run {
                 let drained = self.outbox.is_empty() && window.is_empty();
                 if drained && !said_offline && connected {
                     // A clean goodbye replaces the retained `online` (the will is for crashes).
-                    let sent = Sent {
-                        topic: status.clone(),
-                        payload: br#"{"state":"offline"}"#.to_vec(),
-                        retain: true,
-                        pkid: None,
-                        thumbnail: false,
-                    };
-                    if hand_over(&client, &sent, QoS::AtLeastOnce) {
-                        window.push_back(sent);
-                    }
+                    send_status(&client, &mut window, &status, br#"{"state":"offline"}"#.to_vec());
                     said_offline = true;
                     continue;
                 }
@@ -172,16 +163,7 @@ impl Run {
             }
             if connected {
                 if pending_online {
-                    let sent = Sent {
-                        topic: status.clone(),
-                        payload: self.online.clone().into_bytes(),
-                        retain: true,
-                        pkid: None,
-                        thumbnail: false,
-                    };
-                    if hand_over(&client, &sent, QoS::AtLeastOnce) {
-                        window.push_back(sent);
-                    }
+                    send_status(&client, &mut window, &status, self.online.clone().into_bytes());
                     pending_online = false;
                 }
                 self.feed(&client, &mut window);
@@ -293,6 +275,14 @@ impl Run {
         } else if !s.retain {
             stats.delivered.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Sends the retained status (QoS 1), kept in the window until acknowledged like the rest.
+fn send_status(client: &Client, window: &mut VecDeque<Sent>, topic: &str, payload: Vec<u8>) {
+    let sent = Sent { topic: topic.to_string(), payload, retain: true, pkid: None, thumbnail: false };
+    if hand_over(client, &sent, QoS::AtLeastOnce) {
+        window.push_back(sent);
     }
 }
 
