@@ -31,11 +31,11 @@ esac
 need_debs arm --arch $deb gcc-$gnu libc6-dev-$deb-cross qemu-user rustc-web cargo-web libstd-rust-web-dev:$deb
 
 # Debian's compiler, whose standard library for the target comes from libstd-rust-web-dev
-# (rustup's rustc would come first in PATH and has no ARM std here). Linker, C compiler for
-# tract's NEON assembly and the qemu runner are in .cargo/config.toml.
-export RUSTC=/usr/bin/rustc
-echo "== arm: building anovit for $triple ($($RUSTC --version))"
-timeout 3000 /usr/bin/cargo build --release --target $triple --target-dir target/$arch --bin anovit
+# (rustup's rustc would come first in PATH and has no ARM std here), for the cross build only:
+# the x86 reference below is the usual toolchain's build, which the tests already made. Linker,
+# C compiler for tract's NEON assembly and the qemu runner are in .cargo/config.toml.
+echo "== arm: building anovit for $triple ($(/usr/bin/rustc --version))"
+RUSTC=/usr/bin/rustc timeout 3000 /usr/bin/cargo build --release --target $triple --target-dir target/$arch --bin anovit
 bin=target/$arch/$triple/release/anovit
 run_arm() { timeout 1200 $qemu -L /usr/$gnu "$bin" "$@"; }
 data=()

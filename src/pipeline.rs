@@ -18,7 +18,7 @@ use crate::decision::{AlarmPolicy, Decider, Fault, Verdict};
 use crate::display::{draw_status, Heatmap, Layout, MemoryFramebuffer, Panel, Status};
 use crate::ejector::{PartTracker, Span};
 use crate::fleet::scene::Scene;
-use crate::fleet::Outbox;
+use crate::fleet::{Health, Outbox};
 use crate::model::{InferError, Model};
 use crate::preprocess::Preprocessor;
 use crate::scoring::Scorer;
@@ -336,6 +336,15 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         Some(outcome)
     }
 
+    /// Camera, alarm and late results as of part `part`.
+    fn health_at(&self, part: u64) -> Health {
+        Health {
+            camera_ok: self.camera_ok,
+            alarm: self.out.alarm.as_ref().is_some_and(|a| a.line.is_on() == Some(true)),
+            late: self.last_late.is_some_and(|p| part.saturating_sub(p) < LATE_BANNER_PARTS),
+        }
+    }
+
     /// Recent frames per second (smoothed), 0 before the second frame.
     fn fps(&self) -> f32 {
         if self.frame_interval_s > 0.0 {
@@ -398,6 +407,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
     fn emit(&mut self, o: &Outcome) {
         let threshold = self.decider.threshold();
         let fps = self.fps();
+        let health = self.health_at(o.part);
         if let Some(fb) = self.out.display.as_mut() {
             let p99 = self.latency.percentiles([99]).map_or(Duration::ZERO, |[p]| p);
             let status = Status {
@@ -408,9 +418,9 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
                 counters: &self.counters,
                 fps,
                 p99,
-                camera_ok: self.camera_ok,
-                alarm: self.out.alarm.as_ref().is_some_and(|a| a.line.is_on() == Some(true)),
-                late: self.last_late.is_some_and(|p| o.part.saturating_sub(p) < LATE_BANNER_PARTS),
+                camera_ok: health.camera_ok,
+                alarm: health.alarm,
+                late: health.late,
                 // Filled at the first defect (the only verdict that updates it).
                 heatmap: self.heatmap.as_ref().filter(|_| self.counters.defects > 0),
             };
@@ -445,7 +455,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
             ob.part(o, threshold);
             if ob.counters_due(o.decided_at) {
                 let [p50, p99] = self.latency.percentiles([50, 99]).unwrap_or([Duration::ZERO; 2]);
-                ob.push_counters(o.decided_at, &self.counters, fps, p50, p99);
+                ob.push_counters(o.decided_at, &self.counters, health, fps, p50, p99);
             }
         }
         if o.decided_at.saturating_sub(self.last_summary) >= self.out.summary_every {
@@ -516,7 +526,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
         }
         let [p50, p99] = self.latency.percentiles([50, 99]).unwrap_or([Duration::ZERO; 2]);
         if let Some(ob) = &self.out.outbox {
-            ob.push_counters(self.clock.now(), &self.counters, fps, p50, p99);
+            ob.push_counters(self.clock.now(), &self.counters, self.health_at(self.part), fps, p50, p99);
         }
         // Cutting the last reject pulse short could let its part pass the ejector.
         if let Some(left) = self.line.remaining(self.clock.now()) {

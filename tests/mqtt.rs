@@ -262,6 +262,7 @@ fn every_event_arrives_after_the_broker_is_stopped_for_30_s() {
         .collect();
     assert!(counters.len() >= 10, "counters every 2 s over ~40 s: {}", counters.len());
     assert!(counters.iter().all(|c| c["counters"]["frames"].as_u64().is_some() && c["outbox"]["queued"].is_u64()));
+    assert!(counters.iter().all(|c| c["health"]["camera_ok"] == true && c["health"]["alarm"] == false), "{counters:?}");
     // Thumbnails: JPEGs of parts the log rejected on their score.
     let thumbs: Vec<(u64, &Vec<u8>)> = msgs
         .iter()

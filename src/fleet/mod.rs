@@ -77,6 +77,17 @@ pub struct OutboxTotals {
     pub thumbnails_sent: u64,
 }
 
+/// The station's state now, as the status screen shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Health {
+    /// The camera delivered the last frame.
+    pub camera_ok: bool,
+    /// The alarm line is up.
+    pub alarm: bool,
+    /// A result came late in the last parts.
+    pub late: bool,
+}
+
 /// The model's input image and anomaly map of the last rejected part, for a thumbnail.
 #[derive(Debug)]
 pub struct Thumbnail {
@@ -267,10 +278,11 @@ impl Outbox {
     }
 
     /// Queues the counters now (also at the end of a run).
-    pub fn push_counters(&self, now: Duration, c: &Counters, fps: f32, p50: Duration, p99: Duration) {
+    pub fn push_counters(&self, now: Duration, c: &Counters, health: Health, fps: f32, p50: Duration, p99: Duration) {
         #[derive(serde::Serialize)]
         struct Msg<'a> {
             at_us: u128,
+            health: Health,
             counters: &'a Counters,
             fps: f32,
             latency_p50_us: u128,
@@ -279,6 +291,7 @@ impl Outbox {
         }
         let msg = Msg {
             at_us: now.as_micros(),
+            health,
             counters: c,
             fps,
             latency_p50_us: p50.as_micros(),
@@ -418,7 +431,7 @@ mod tests {
         for s in [0, 5, 10, 15, 19, 20] {
             let now = Duration::from_secs(s);
             if ob.counters_due(now) {
-                ob.push_counters(now, &c, 1.0, Duration::ZERO, Duration::ZERO);
+                ob.push_counters(now, &c, Health::default(), 1.0, Duration::ZERO, Duration::ZERO);
             }
         }
         // Period starts at 0: messages at 10 and 20.
