@@ -28,7 +28,13 @@ armv7) deb=armhf triple=armv7-unknown-linux-gnueabihf gnu=arm-linux-gnueabihf qe
 esac
 
 . scripts/debs.sh
-need_debs arm --arch $deb gcc-$gnu libc6-dev-$deb-cross qemu-user rustc-web cargo-web libstd-rust-web-dev:$deb
+# The cross packages come from Debian's mirrors, which are now and then mid-sync (one
+# architecture's index behind the other's): then this stage says loudly that it did not run,
+# rather than failing the product's tests for the mirror.
+if ! (need_debs arm --arch $deb gcc-$gnu libc6-dev-$deb-cross qemu-user rustc-web cargo-web libstd-rust-web-dev:$deb); then
+    echo "arm-check: SKIPPED: the $arch cross packages could not be installed (see above); $arch was not checked"
+    exit 0
+fi
 
 # Debian's compiler, whose standard library for the target comes from libstd-rust-web-dev
 # (rustup's rustc would come first in PATH and has no ARM std here), for the cross build only:

@@ -47,5 +47,6 @@ if [ "${ANOVIT_SKIP_ARM:-0}" = 1 ]; then
     echo "arm: SKIPPED (ANOVIT_SKIP_ARM=1): the aarch64 build was not checked"
 else
     scripts/arm-test.sh 2>&1 | tee /tmp/anovit-arm-stage.log
-    grep -E "^arm-check: (ok|FAIL)" /tmp/anovit-arm-stage.log | awk '{n[$2]++} END {printf "arm: %d passed, %d failed\n", n["ok"], n["FAIL"]}'
+    grep -E "^arm-check: (ok|FAIL|SKIPPED)" /tmp/anovit-arm-stage.log |
+        awk '{n[$2]++} END {printf "arm: %d passed, %d failed%s\n", n["ok"], n["FAIL"], n["SKIPPED:"] ? ", SKIPPED (packages unavailable)" : ""}'
 fi
