@@ -18,13 +18,13 @@ use crate::decision::{AlarmPolicy, Decider, Fault, Verdict};
 use crate::display::{draw_status, Heatmap, Layout, MemoryFramebuffer, Panel, Status};
 use crate::ejector::{PartTracker, Span};
 use crate::fleet::scene::Scene;
-use crate::fleet::{Health, Outbox};
+use crate::fleet::Outbox;
 use crate::model::{InferError, Model};
 use crate::preprocess::Preprocessor;
 use crate::scoring::Scorer;
 use crate::service::Notifier;
 pub use crate::telemetry::Outcome;
-use crate::telemetry::{write_event, Counters, LatencyWindow, StageTimes};
+use crate::telemetry::{write_event, Counters, Health, LatencyWindow, StageTimes};
 
 /// Something that turns a model input into a reconstruction: the tract model, or a wrapper
 /// around it in tests.
@@ -418,9 +418,7 @@ impl<S: FrameSource, E: Engine, P: OutputPin, C: Clock> Inspector<S, E, P, C> {
                 counters: &self.counters,
                 fps,
                 p99,
-                camera_ok: health.camera_ok,
-                alarm: health.alarm,
-                late: health.late,
+                health,
                 // Filled at the first defect (the only verdict that updates it).
                 heatmap: self.heatmap.as_ref().filter(|_| self.counters.defects > 0),
             };

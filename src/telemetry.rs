@@ -13,6 +13,17 @@ use crate::decision::{Fault, Verdict};
 /// How many recent frame latencies the percentiles are computed over.
 pub const LATENCY_WINDOW: usize = 1024;
 
+/// The station's state now, as the status screen shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Health {
+    /// The camera delivered the last frame.
+    pub camera_ok: bool,
+    /// The alarm line is up.
+    pub alarm: bool,
+    /// A result came late in the last parts.
+    pub late: bool,
+}
+
 /// Frame counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {

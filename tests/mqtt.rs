@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::repo;
+use common::{endless_demo_board, repo, KillOnDrop};
 
 /// A Mosquitto broker on a free loopback port, with persistence (the subscriber's session and
 /// its queued messages survive a restart, as on a plant broker).
@@ -153,25 +153,11 @@ impl Drop for Subscriber {
 
 /// The host demo as an endless line, publishing with `mqtt` settings.
 fn board(dir: &Path, mqtt: &str) -> PathBuf {
-    let demo = std::fs::read_to_string(repo().join("board/host-demo.toml")).unwrap();
-    let text = demo.replace("parts = 200 ", "parts = 0 ") + "\n[mqtt]\n" + mqtt;
-    let p = dir.join("board.toml");
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-/// An endless `anovit run`, killed if the test fails before stopping it.
-struct Run(Child);
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    endless_demo_board(dir, &format!("[mqtt]\n{mqtt}"))
 }
 
 /// `anovit run` on `board` publishing to `broker` (an address), writing its event log.
-fn start_run(board: &Path, broker: &str, events: &Path, stderr: &Path) -> Run {
+fn start_run(board: &Path, broker: &str, events: &Path, stderr: &Path) -> KillOnDrop {
     let child = Command::new(env!("CARGO_BIN_EXE_anovit"))
         .args(["run", "-q", "--board"])
         .arg(board)
@@ -182,11 +168,11 @@ fn start_run(board: &Path, broker: &str, events: &Path, stderr: &Path) -> Run {
         .stderr(std::fs::File::create(stderr).unwrap())
         .spawn()
         .unwrap();
-    Run(child)
+    KillOnDrop(child)
 }
 
 /// Stops the run with SIGTERM (a clean exit) and returns its log.
-fn stop_run(mut run: Run, stderr: &Path) -> String {
+fn stop_run(mut run: KillOnDrop, stderr: &Path) -> String {
     unsafe { libc::kill(run.0.id() as i32, libc::SIGTERM) };
     let status = run.0.wait().unwrap();
     let err = std::fs::read_to_string(stderr).unwrap();

@@ -11,28 +11,16 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::repo;
-
-struct Run(Child);
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{endless_demo_board, repo, KillOnDrop};
 
 /// `anovit run` on the endless host demo with `[web]` settings `web`, and its address.
-fn start(dir: &Path, web: &str, events: &Path) -> (Run, String) {
+fn start(dir: &Path, web: &str, events: &Path) -> (KillOnDrop, String) {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
-    let demo = std::fs::read_to_string(repo().join("board/host-demo.toml")).unwrap();
-    let board = dir.join("board.toml");
-    std::fs::write(&board, demo.replace("parts = 200 ", "parts = 0 ") + &format!("\n[web]\nlisten = {addr:?}\n{web}"))
-        .unwrap();
+    let board = endless_demo_board(dir, &format!("[web]\nlisten = {addr:?}\n{web}"));
     let child = Command::new(env!("CARGO_BIN_EXE_anovit"))
         .args(["run", "-q", "--board"])
         .arg(&board)
@@ -48,7 +36,7 @@ fn start(dir: &Path, web: &str, events: &Path) -> (Run, String) {
         assert!(t.elapsed() < Duration::from_secs(60), "the set-up page did not listen on {addr}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    (Run(child), addr)
+    (KillOnDrop(child), addr)
 }
 
 /// One HTTP/1.0 request: status code and body.

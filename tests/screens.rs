@@ -10,7 +10,7 @@ use std::time::Duration;
 use anovit::capture::CaptureError;
 use anovit::decision::{Fault, Verdict};
 use anovit::display::{draw_status, Heatmap, Layout, MemoryFramebuffer, Status};
-use anovit::telemetry::Counters;
+use anovit::telemetry::{Counters, Health};
 
 fn counters() -> Counters {
     Counters { frames: 1287, passed: 1203, defects: 71, faults: 13, late: 2, capture_errors: 11, ..Counters::default() }
@@ -40,9 +40,7 @@ fn status<'a>(c: &'a Counters, hm: &'a Heatmap, state: &str) -> Status<'a> {
         counters: c,
         fps: 24.7,
         p99: Duration::from_millis(43),
-        camera_ok: true,
-        alarm: false,
-        late: false,
+        health: Health { camera_ok: true, alarm: false, late: false },
         heatmap: None,
     };
     match state {
@@ -51,15 +49,14 @@ fn status<'a>(c: &'a Counters, hm: &'a Heatmap, state: &str) -> Status<'a> {
         "camera-lost" => Status {
             verdict: Verdict::Fault(Fault::Capture(CaptureError::Timeout)),
             score: None,
-            camera_ok: false,
+            health: Health { camera_ok: false, ..base.health },
             heatmap: Some(hm),
             ..base
         },
         "alarm" => Status {
             verdict: Verdict::Fault(Fault::Late),
             score: Some(0.12),
-            alarm: true,
-            late: true,
+            health: Health { camera_ok: true, alarm: true, late: true },
             heatmap: Some(hm),
             ..base
         },

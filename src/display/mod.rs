@@ -19,7 +19,7 @@ use embedded_graphics::text::{Alignment, Text};
 use u8g2_fonts::{fonts, U8g2TextStyle};
 
 use crate::decision::Verdict;
-use crate::telemetry::Counters;
+use crate::telemetry::{Counters, Health};
 
 pub mod fbdev;
 #[cfg(feature = "hw-i2c")]
@@ -42,12 +42,8 @@ pub struct Status<'a> {
     pub fps: f32,
     /// Recent p99 frame latency.
     pub p99: Duration,
-    /// The camera delivers frames (the health line's state).
-    pub camera_ok: bool,
-    /// The alarm line is up.
-    pub alarm: bool,
-    /// Results came late recently.
-    pub late: bool,
+    /// Camera, alarm and late results.
+    pub health: Health,
     /// Anomaly map of the last part rejected on its score.
     pub heatmap: Option<&'a Heatmap>,
 }
@@ -70,11 +66,11 @@ const GREY: Rgb888 = Rgb888::new(60, 60, 60);
 
 /// The most urgent condition to show across the top of the screen, if any.
 fn banner(s: &Status<'_>) -> Option<&'static str> {
-    if s.alarm {
+    if s.health.alarm {
         Some("ALARM: line must stop")
-    } else if !s.camera_ok {
+    } else if !s.health.camera_ok {
         Some("CAMERA LOST")
-    } else if s.late {
+    } else if s.health.late {
         Some("LATE RESULTS")
     } else {
         None
@@ -150,7 +146,7 @@ fn draw_colour<D: DrawTarget<Color = Rgb888>>(target: &mut D, s: &Status<'_>) ->
         Text::new(&line, Point::new(4, panel_h as i32 - 20), small).draw(target)?;
     }
     if let Some(b) = banner(s) {
-        let fill = if s.alarm { RED } else { AMBER };
+        let fill = if s.health.alarm { RED } else { AMBER };
         Rectangle::new(Point::zero(), Size::new(w, 13)).into_styled(PrimitiveStyle::with_fill(fill)).draw(target)?;
         Rectangle::new(Point::new(0, 12), Size::new(w, 1))
             .into_styled(PrimitiveStyle::with_fill(Rgb888::BLACK))
@@ -514,9 +510,7 @@ mod tests {
             counters: &c,
             fps: 0.0,
             p99: Duration::ZERO,
-            camera_ok: true,
-            alarm: false,
-            late: false,
+            health: Health { camera_ok: true, alarm: false, late: false },
             heatmap: None,
         };
         draw_status(&mut fb, &s, Layout::Colour).unwrap();

@@ -21,7 +21,7 @@ use std::time::Duration;
 use crossbeam_queue::ArrayQueue;
 
 use crate::decision::Verdict;
-use crate::telemetry::{write_event, Counters, Outcome};
+use crate::telemetry::{write_event, Counters, Health, Outcome};
 
 /// What a message is about; the publisher maps it to a topic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,17 +77,6 @@ pub struct OutboxTotals {
     pub thumbnails_sent: u64,
 }
 
-/// The station's state now, as the status screen shows it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Health {
-    /// The camera delivered the last frame.
-    pub camera_ok: bool,
-    /// The alarm line is up.
-    pub alarm: bool,
-    /// A result came late in the last parts.
-    pub late: bool,
-}
-
 /// The model's input image and anomaly map of the last rejected part, for a thumbnail.
 #[derive(Debug)]
 pub struct Thumbnail {
@@ -132,7 +121,8 @@ pub struct Outbox {
     /// Totals.
     pub stats: OutboxStats,
     counters_every: Duration,
-    last_counters: Mutex<Option<Duration>>,
+    /// Loop time of the last counters message, microseconds + 1 (0: the period has not started).
+    last_counters: AtomicU64,
     thumbnail: Option<(Mutex<Thumbnail>, Denorm)>,
 }
 
@@ -169,7 +159,7 @@ impl Outbox {
             pool,
             stats: OutboxStats::default(),
             counters_every,
-            last_counters: Mutex::new(None),
+            last_counters: AtomicU64::new(0),
             thumbnail,
         })
     }
@@ -263,18 +253,13 @@ impl Outbox {
     /// Whether the counters are due: `counters_every` has passed since the last time (`now` on
     /// the loop's clock; the first call only starts the period).
     pub fn counters_due(&self, now: Duration) -> bool {
-        let Ok(mut last) = self.last_counters.try_lock() else { return false };
-        match *last {
-            Some(t) if now.saturating_sub(t) < self.counters_every => false,
-            None => {
-                *last = Some(now);
-                false
-            }
-            Some(_) => {
-                *last = Some(now);
-                true
-            }
+        let now_us = now.as_micros() as u64 + 1;
+        let last = self.last_counters.load(Ordering::Relaxed);
+        if last != 0 && now_us.saturating_sub(last) < self.counters_every.as_micros() as u64 {
+            return false;
         }
+        self.last_counters.store(now_us, Ordering::Relaxed);
+        last != 0
     }
 
     /// Queues the counters now (also at the end of a run).

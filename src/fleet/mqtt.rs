@@ -29,6 +29,7 @@ struct Sent {
     topic: String,
     payload: Vec<u8>,
     retain: bool,
+    qos: QoS,
     /// Assigned by the library when it writes the message (in the order they were handed over).
     pkid: Option<u16>,
     thumbnail: bool,
@@ -188,8 +189,7 @@ impl Run {
                         s.pkid = None;
                     }
                     for s in window.iter() {
-                        let qos = if s.retain { QoS::AtLeastOnce } else { self.qos };
-                        hand_over(&client, s, qos);
+                        hand_over(&client, s);
                     }
                     pending_online = true;
                 }
@@ -240,19 +240,26 @@ impl Run {
                 topic: format!("{}/thumbnail/{part}", self.prefix),
                 payload: jpeg,
                 retain: false,
+                qos: self.qos,
                 pkid: None,
                 thumbnail: true,
             };
-            if hand_over(client, &sent, self.qos) {
+            if hand_over(client, &sent) {
                 window.push_back(sent);
             }
         }
         let mut handed = false;
         while window.len() < WINDOW {
             let Some(m) = self.outbox.pop() else { break };
-            let sent =
-                Sent { topic: self.topic(m.kind), payload: m.payload, retain: false, pkid: None, thumbnail: false };
-            if hand_over(client, &sent, self.qos) {
+            let sent = Sent {
+                topic: self.topic(m.kind),
+                payload: m.payload,
+                retain: false,
+                qos: self.qos,
+                pkid: None,
+                thumbnail: false,
+            };
+            if hand_over(client, &sent) {
                 window.push_back(sent);
                 handed = true;
             } else {
@@ -280,15 +287,16 @@ impl Run {
 
 /// Sends the retained status (QoS 1), kept in the window until acknowledged like the rest.
 fn send_status(client: &Client, window: &mut VecDeque<Sent>, topic: &str, payload: Vec<u8>) {
-    let sent = Sent { topic: topic.to_string(), payload, retain: true, pkid: None, thumbnail: false };
-    if hand_over(client, &sent, QoS::AtLeastOnce) {
+    let sent =
+        Sent { topic: topic.to_string(), payload, retain: true, qos: QoS::AtLeastOnce, pkid: None, thumbnail: false };
+    if hand_over(client, &sent) {
         window.push_back(sent);
     }
 }
 
 /// Gives a copy of `s` to the library; false when its queue is full.
-fn hand_over(client: &Client, s: &Sent, qos: QoS) -> bool {
-    client.try_publish(s.topic.clone(), qos, s.retain, s.payload.clone()).is_ok()
+fn hand_over(client: &Client, s: &Sent) -> bool {
+    client.try_publish(s.topic.clone(), s.qos, s.retain, s.payload.clone()).is_ok()
 }
 
 fn describe(e: &ConnectionError) -> String {

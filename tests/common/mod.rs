@@ -42,3 +42,24 @@ pub fn save_png(path: &Path, rgb: &[u8], w: usize, h: usize) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     image::save_buffer(path, rgb, w as u32, h as u32, image::ExtendedColorType::Rgb8).unwrap();
 }
+
+/// The host demo as an endless line (`camera.parts = 0`) with `extra` appended (a `[mqtt]` or
+/// `[web]` section), written as `dir/board.toml`.
+pub fn endless_demo_board(dir: &Path, extra: &str) -> PathBuf {
+    let demo = std::fs::read_to_string(repo().join("board/host-demo.toml")).unwrap();
+    assert!(demo.contains("parts = 200 "), "board/host-demo.toml no longer has `parts = 200`");
+    let p = dir.join("board.toml");
+    std::fs::write(&p, demo.replace("parts = 200 ", "parts = 0 ") + "\n" + extra).unwrap();
+    p
+}
+
+/// A child process (an endless `anovit run`) killed when dropped, so that a failing test does
+/// not leave it running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
