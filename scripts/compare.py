@@ -133,14 +133,31 @@ def run_one(ds: str, model: str, py: str) -> dict:
            "val_loss": manifest["training"]["val_loss"], "epochs": manifest["training"]["epochs"],
            "params": manifest["model"]["params"], "gflop": manifest["model"]["gflop"], "results": {}}
     for prec, b in bundles.items():
-        sh([ANOVIT, "calibrate", "--model", b, "--good", good, *(["--reference"] if rc.get("reference") else [])], log)
-        sh([ANOVIT, "eval", "--model", b, "--data", data, "--layout", cfg["layout"], "--out", run / f"eval-{prec}"], log)
-        report = json.loads((run / f"eval-{prec}" / "eval.json").read_text())
-        report.pop("scores"), report.pop("roc")
-        report["calibration"] = common.read_manifest(b)["threshold"]["stats"]
-        out["results"][prec] = report
+        out["results"][prec] = evaluate(run, prec, b, good, data, cfg["layout"], rc, log)
     (run / "summary.json").write_text(json.dumps(out, indent=1) + "\n")
     return out
+
+
+def evaluate(run: Path, prec: str, bundle: Path, good: Path, data: Path, layout: str, rc: dict, log: Path) -> dict:
+    """Calibrates the bundle on the validation goods and evaluates it on the test split."""
+    sh([ANOVIT, "calibrate", "--model", bundle, "--good", good, *(["--reference"] if rc.get("reference") else [])], log)
+    sh([ANOVIT, "eval", "--model", bundle, "--data", data, "--layout", layout, "--out", run / f"eval-{prec}"], log)
+    report = json.loads((run / f"eval-{prec}" / "eval.json").read_text())
+    report.pop("scores"), report.pop("roc")
+    report["calibration"] = common.read_manifest(bundle)["threshold"]["stats"]
+    return report
+
+
+def reeval_int8(ds: str, model: str, summary: dict) -> dict:
+    """Evaluates a finished run's int8 bundle again (the runtime's int8 arithmetic changed: src/quant.rs)."""
+    cfg, rc = DATASETS[ds], RUNS[model]
+    run = OUT / f"{ds}-{model}"
+    if "int8" in summary["results"]:
+        log = run / "log.txt"
+        summary["results"]["int8"] = evaluate(run, "int8", run / "int8", run / "val-good", DATA / cfg["path"],
+                                              cfg["layout"], rc, log)
+        (run / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
 
 
 def fmt(v, nd=3):
@@ -213,7 +230,9 @@ def write_results(summaries: list[dict], path: Path, missing: list[str] = ()) ->
              "smoothed with sigma 4 (sigma 0 where the label says so). Threshold: `anovit",
              "calibrate` on the validation images (1 % target, 95 % confidence); `promised` is the false-reject",
              "rate it expects, `measured` the rate on the test good images. Figures from `anovit eval`",
-             "(`docs/EVAL.md`): the same Rust code path as the line.", ""]
+             "(`docs/EVAL.md`): the same Rust code path as the line. int8 rows: onnxruntime's static",
+             "quantisation (`scripts/quantize.py`) run by tract in its integer form (`src/quant.rs`, `docs/DEPLOY.md`;",
+             "`compare.py --reuse --reeval-int8` evaluates finished runs' int8 bundles again).", ""]
     for ds in DATASETS:
         rows = [s for s in summaries if s["dataset"] == ds]
         if not rows:
@@ -258,6 +277,8 @@ def main() -> None:
     p.add_argument("--reuse", action="store_true", help="keep finished runs (out/compare/*/summary.json)")
     p.add_argument("--finished-only", action="store_true",
                    help="with --reuse: rebuild RESULTS.md from finished runs, train nothing (missing ones listed)")
+    p.add_argument("--reeval-int8", action="store_true",
+                   help="with --reuse: evaluate the finished runs' int8 bundles again (f32 results kept)")
     p.add_argument("--results", type=Path, default=ROOT / "docs" / "RESULTS.md")
     args = p.parse_args()
     if not DATA.is_dir():
@@ -269,7 +290,8 @@ def main() -> None:
         for model in args.models:
             done = OUT / f"{ds}-{model}" / "summary.json"
             if args.reuse and done.is_file():
-                summaries.append(json.loads(done.read_text()))
+                summary = json.loads(done.read_text())
+                summaries.append(reeval_int8(ds, model, summary) if args.reeval_int8 else summary)
             elif args.finished_only:
                 missing.append(f"{ds}-{model}")
                 continue

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Deploy builds side by side: stripped size, plan load to first result, loop latency.
 #   scripts/deploy_bench.sh [PARTS] [ROUNDS]    (defaults 60 parts, 3 rounds)
+#   ARM=1 scripts/deploy_bench.sh               also cross-builds the aarch64 deploy binary (the
+#                                               toolchain of scripts/arm-test.sh) and prints its size
 # Builds the deploy binary (no ONNX front-end, `--no-default-features`) with the two deploy
-# profiles of Cargo.toml, compiles the demo model into a plan with the full build, then runs each
-# deploy binary on that plan in alternating rounds (same parts, single-threaded tract) and prints
-# the median of the per-round p50 latencies and the wall time of a one-part run (process start,
-# plan load, first result). Measured together so the ratio holds on a shared machine.
+# profiles of Cargo.toml, compiles the demo model into an f32 and an int8 plan with the full build,
+# then runs each deploy binary on each plan in alternating rounds (same parts, single-threaded
+# tract) and prints the median of the per-round p50 latencies and the wall time of a one-part run
+# (process start, plan load, first result). Measured together so the ratios hold on a shared
+# machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PARTS=${1:-60}
@@ -14,8 +17,10 @@ OUT=target/deploy-bench
 mkdir -p "$OUT"
 
 cargo build --release --quiet
-rm -rf "$OUT/plan"
-target/release/anovit compile --model models/demo-f32 --out "$OUT/plan" | tail -1
+for p in f32 int8; do
+    rm -rf "$OUT/plan-$p"
+    target/release/anovit compile --model "models/demo-$p" --out "$OUT/plan-$p" | tail -1
+done
 
 declare -A BIN
 for profile in release-lto deploy-small; do
@@ -24,23 +29,37 @@ for profile in release-lto deploy-small; do
 done
 
 median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
-for profile in release-lto deploy-small; do : >"$OUT/$profile.p50"; : >"$OUT/$profile.first"; done
+for profile in release-lto deploy-small; do
+    for p in f32 int8; do : >"$OUT/$profile.$p.p50"; done
+    : >"$OUT/$profile.first"
+done
 for round in $(seq "$ROUNDS"); do
     for profile in release-lto deploy-small; do
         bin=${BIN[$profile]}
-        "$bin" run --model "$OUT/plan" --parts "$PARTS" -q 2>/dev/null |
-            sed -n 's/.*latency p50 \([0-9.]*\) ms.*/\1/p' >>"$OUT/$profile.p50"
+        for p in f32 int8; do
+            "$bin" run --model "$OUT/plan-$p" --parts "$PARTS" -q 2>/dev/null |
+                sed -n 's/.*latency p50 \([0-9.]*\) ms.*/\1/p' >>"$OUT/$profile.$p.p50"
+        done
         start=$(date +%s.%N)
-        "$bin" run --model "$OUT/plan" --parts 1 -q >/dev/null 2>&1
+        "$bin" run --model "$OUT/plan-f32" --parts 1 -q >/dev/null 2>&1
         echo "$(date +%s.%N) - $start" | bc >>"$OUT/$profile.first"
     done
 done
 
-echo "| deploy profile | stripped binary | loop p50 (median of $ROUNDS rounds of $PARTS parts) | one-part run, wall (median) |"
-echo "|---|---|---|---|"
+echo "| deploy profile | stripped binary | loop p50, f32 plan | loop p50, int8 plan | one-part run, wall (f32) |"
+echo "|---|---|---|---|---|"
 for profile in release-lto deploy-small; do
     size=$(stat -c %s "${BIN[$profile]}")
-    printf '| `%s` | %.1f MB | %s ms | %.0f ms |\n' "$profile" "$(echo "$size / 1000000" | bc -l)" \
-        "$(median <"$OUT/$profile.p50")" "$(echo "$(median <"$OUT/$profile.first") * 1000" | bc -l)"
+    printf '| `%s` | %.1f MB | %s ms | %s ms | %.0f ms |\n' "$profile" "$(echo "$size / 1000000" | bc -l)" \
+        "$(median <"$OUT/$profile.f32.p50")" "$(median <"$OUT/$profile.int8.p50")" \
+        "$(echo "$(median <"$OUT/$profile.first") * 1000" | bc -l)"
 done
-echo "($(uname -m), $(nproc) cores, $(date -u +%Y-%m-%d))"
+echo "($(uname -m), $(nproc) cores, $(date -u +%Y-%m-%d); loop p50: median of $ROUNDS rounds of $PARTS parts)"
+
+if [ "${ARM:-0}" = 1 ]; then
+    # Debian's rustc and aarch64 std, as in scripts/arm-test.sh (root installs them there).
+    RUSTC=/usr/bin/rustc /usr/bin/cargo build --quiet --profile release-lto --no-default-features \
+        --target aarch64-unknown-linux-gnu --target-dir target/aarch64 --bin anovit
+    size=$(stat -c %s target/aarch64/aarch64-unknown-linux-gnu/release-lto/anovit)
+    printf 'aarch64 `release-lto` deploy binary: %.1f MB stripped\n' "$(echo "$size / 1000000" | bc -l)"
+fi

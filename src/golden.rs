@@ -24,13 +24,20 @@ pub struct Checked {
     pub want: f64,
     /// Relative difference.
     pub rel: f64,
+    /// The model input the score came from (preprocessed frame).
+    pub input: Vec<f32>,
+    /// The file's entry, with whatever else it records.
+    pub entry: serde_json::Value,
 }
 
 /// The file's entries, recomputed; real-image entries are skipped (counted) when `data` (the
 /// shared data folder) is `None`. Returns the entries, the skipped count and the tolerance.
 pub fn check(golden: &str, bundle: &Bundle, data: Option<&Path>) -> Result<(Vec<Checked>, usize, f64), String> {
     let g: serde_json::Value = serde_json::from_str(golden).map_err(|e| format!("golden file: {e}"))?;
-    if g["model_sha256"] != bundle.manifest.model.sha256.as_str() {
+    // A plan compiled from the model checks against its source's file.
+    let model = &bundle.manifest.model;
+    let source = model.compiled_from.as_ref().and_then(|c| c["sha256"].as_str()).unwrap_or(&model.sha256);
+    if g["model_sha256"] != source {
         return Err("the golden file was made for another model: rerun scripts/golden.py".into());
     }
     let tol = g["rel_tolerance"].as_f64().ok_or("golden file: no `rel_tolerance`")?;
@@ -66,7 +73,7 @@ pub fn check(golden: &str, bundle: &Bundle, data: Option<&Path>) -> Result<(Vec<
         let recon = model.infer(&input).map_err(|e| e.to_string())?;
         let got = f64::from(scorer.score(&input, recon));
         let want = e["score"].as_f64().ok_or("entry without `score`")?;
-        out.push(Checked { name, got, want, rel: (got - want).abs() / want.abs() });
+        out.push(Checked { name, got, want, rel: (got - want).abs() / want.abs(), input, entry: e.clone() });
     }
     Ok((out, skipped, tol))
 }

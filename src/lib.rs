@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod preprocess;
+pub mod quant;
 pub mod scoring;
 pub mod service;
 pub mod soak;

@@ -138,7 +138,7 @@ struct BenchArgs {
     /// Parts for the peak-memory run of `anovit run` on the first model; 0 skips it.
     #[arg(long, default_value_t = 200)]
     rss_parts: u64,
-    /// Plan runs for the per-operator profile of the first model; 0 skips it.
+    /// Plan runs for the per-operator profile of each model; 0 skips it.
     #[arg(long, default_value_t = 20)]
     profile: usize,
     /// Write every figure as JSON to this file.
@@ -164,6 +164,10 @@ struct CompileArgs {
     /// Output bundle directory.
     #[arg(long)]
     out: PathBuf,
+    /// Require an int8 plan: the bundle must be int8 (scripts/quantize.py). An int8 bundle always
+    /// compiles into tract's integer form; the flag makes an f32 bundle an error.
+    #[arg(long)]
+    int8: bool,
 }
 
 #[derive(Args)]
@@ -885,6 +889,15 @@ impl Publisher {
 #[cfg(feature = "onnx")]
 fn compile(a: &CompileArgs) -> Result<()> {
     let src = Bundle::load(&a.model)?;
+    if a.int8 && src.manifest.model.precision != "int8" {
+        bail!(
+            "--int8: {} is an {} bundle; quantise it first (scripts/quantize.py --bundle {} --out DIR --data DATA) \
+             and compile that",
+            a.model.display(),
+            src.manifest.model.precision,
+            a.model.display()
+        );
+    }
     let t = std::time::Instant::now();
     let manifest = anovit::model::compile(&src, &a.out)?;
     let compiled_in = t.elapsed();
@@ -896,8 +909,15 @@ fn compile(a: &CompileArgs) -> Result<()> {
     let load_to_first = t.elapsed();
     let rel = anovit::model::relative_l2(&got, &reference);
     let size = std::fs::metadata(plan.model_path()).map(|m| m.len()).unwrap_or(0);
+    let kind = match plan.manifest.model.precision.as_str() {
+        "int8" => {
+            let (typed, _) = anovit::model::load_typed(&plan)?;
+            format!("int8, {} weight products in integers", anovit::quant::census(&typed).1)
+        }
+        p => p.to_string(),
+    };
     println!(
-        "compiled {} -> {} in {} ms ({:.2} MB plan, tract {}); plan load to first result {} ms; \
+        "compiled {} -> {} in {} ms ({:.2} MB plan, {kind}, tract {}); plan load to first result {} ms; \
          plan vs ONNX relative L2 {rel:.2e}",
         src.model_path().display(),
         manifest.display(),
@@ -1369,20 +1389,26 @@ fn bench(a: &BenchArgs) -> Result<()> {
     json.insert("plan".into(), plans.into());
 
     if a.profile > 0 {
-        let c = &mut configs[0];
-        let ops = c.model.profile(&input, a.profile)?;
-        let total: f64 = ops.iter().map(|o| o.1.as_secs_f64()).sum();
-        println!("where the plan's time goes ({}, {} thread(s), {} runs):", c.name, c.threads, a.profile);
-        let mut list = Vec::new();
-        for (op, t) in &ops {
-            let ms = t.as_secs_f64() * 1e3 / a.profile as f64;
-            let share = t.as_secs_f64() / total;
-            if share >= 0.01 {
-                println!("  {op:24} {ms:7.2} ms  {:5.1} %", 100.0 * share);
+        // Every model, on its first configuration; the JSON's `profile` is the first model's.
+        let mut profiles = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for c in configs.iter_mut().filter(|c| seen.insert(c.name.clone())) {
+            let ops = c.model.profile(&input, a.profile)?;
+            let total: f64 = ops.iter().map(|o| o.1.as_secs_f64()).sum();
+            println!("where the plan's time goes ({}, {} thread(s), {} runs):", c.name, c.threads, a.profile);
+            let mut list = Vec::new();
+            for (op, t) in &ops {
+                let ms = t.as_secs_f64() * 1e3 / a.profile as f64;
+                let share = t.as_secs_f64() / total;
+                if share >= 0.01 {
+                    println!("  {op:36} {ms:7.2} ms  {:5.1} %", 100.0 * share);
+                }
+                list.push(serde_json::json!({"op": op, "ms": ms, "share": share}));
             }
-            list.push(serde_json::json!({"op": op, "ms": ms, "share": share}));
+            profiles.push(serde_json::json!({"model": c.name, "precision": c.precision, "ops": list}));
         }
-        json.insert("profile".into(), serde_json::json!({"model": c.name, "ops": list}));
+        json.insert("profile".into(), profiles[0].clone());
+        json.insert("profiles".into(), profiles.into());
     }
 
     if a.frames > 0 {

@@ -23,11 +23,12 @@ const SER_VERSION_KEY: &str = "tract_nnef_ser_version";
 
 type Plan = Arc<TypedRunnableModel>;
 
-/// The NNEF framework plans are written and read with: tract-core's operators only. Writing
-/// with nothing more makes `compile` fail on an operator the deploy build could not load, instead
-/// of the board failing at start; and the deploy binary links no extra operator sets.
+/// The NNEF framework plans are written and read with: tract-core's operators and anovit's int8
+/// quantiser (`quant::registry`) only. Writing with nothing more makes `compile` fail on an
+/// operator the deploy build could not load, instead of the board failing at start; and the
+/// deploy binary links no extra operator sets.
 pub fn nnef() -> tract_nnef::framework::Nnef {
-    tract_nnef::nnef()
+    tract_nnef::nnef().with_registry(crate::quant::registry())
 }
 
 fn tract_err(path: &Path) -> impl Fn(anyhow::Error) -> Error + '_ {
@@ -95,7 +96,15 @@ fn load_onnx(path: &Path, m: &Manifest) -> Result<TypedModel> {
     }
     let s = &m.input.shape;
     model.set_input_fact(0, f32::fact([s[0], s[1], s[2], s[3]]).into()).map_err(&err)?;
-    model.into_typed().map_err(err)
+    let typed = model.into_typed().map_err(&err)?;
+    if m.model.precision != "int8" {
+        return Ok(typed);
+    }
+    // onnxruntime's int8 form runs slower than f32 as tract imports it: into tract's own
+    // integer products (src/quant.rs).
+    let (typed, rewritten) = crate::quant::rewrite_int8(typed).map_err(&err)?;
+    log::debug!("int8: {rewritten} weight products in tract's integer form");
+    Ok(typed)
 }
 
 #[cfg(not(feature = "onnx"))]
@@ -231,7 +240,8 @@ impl Model {
 
 impl Model {
     /// Runs the plan `runs` times on `input` and returns the time spent in each operator kind
-    /// (tract's op name), summed over the runs, largest first: where the plan's time goes.
+    /// (tract's op name), summed over the runs, largest first: where the plan's time goes. The
+    /// products (`OptMatMul`) are split by the part of the model they belong to.
     pub fn profile(&mut self, input: &[f32], runs: usize) -> Result<Vec<(String, std::time::Duration)>> {
         let mut per_op = std::collections::BTreeMap::<String, std::time::Duration>::new();
         let err = |e: anyhow::Error| Error::Model { path: PathBuf::from("<plan>"), why: format!("{e:#}") };
@@ -241,7 +251,7 @@ impl Model {
                 .run_plan_with_eval(tvec!(t.into()), |ctx, state, node, inputs| {
                     let start = std::time::Instant::now();
                     let out = tract_core::plan::eval(ctx, state, node, inputs);
-                    *per_op.entry(node.op().name().to_string()).or_default() += start.elapsed();
+                    *per_op.entry(profile_key(node.op().name().as_ref(), &node.name)).or_default() += start.elapsed();
                     out
                 })
                 .map_err(err)?;
@@ -249,6 +259,24 @@ impl Model {
         let mut v: Vec<_> = per_op.into_iter().collect();
         v.sort_by_key(|o| std::cmp::Reverse(o.1));
         Ok(v)
+    }
+}
+
+/// The profile's key of a node: its operator kind, and for products the part of the model they
+/// belong to, read from the node name as our export writes it (`/blocks.0/attn/qkv/...` from
+/// ONNX, `__blocks_0_attn_qkv_...` from a plan): `blocks` (the attention's activation products
+/// apart), `decoder`, `patch_embed`.
+fn profile_key(op: &str, node: &str) -> String {
+    if op != "OptMatMul" {
+        return op.to_string();
+    }
+    let name = node.replace(['/', '.'], "_");
+    let name = name.trim_start_matches('_');
+    let part = ["blocks", "decoder", "patch_embed"].into_iter().find(|p| name.starts_with(p));
+    match part {
+        None => op.to_string(),
+        Some(p) if name.contains("_attn_MatMul") => format!("{op} ({p}, attention)"),
+        Some(p) => format!("{op} ({p})"),
     }
 }
 
@@ -300,6 +328,18 @@ pub fn compile(bundle: &Bundle, out: &Path) -> Result<PathBuf> {
     }
     let (typed, _) = load_typed(bundle)?;
     let typed = typed.into_decluttered().map_err(tract_err(&src))?;
+    if bundle.manifest.model.precision == "int8" {
+        let (glue, _) = crate::quant::census(&typed);
+        if glue > 0 {
+            return Err(mismatch(
+                &src,
+                format!(
+                    "{glue} quantisation node(s) are not in a form tract runs as integers (or can write into a plan): \
+                     quantise with scripts/quantize.py (QOperator, per-channel weights, MatMuls only)"
+                ),
+            ));
+        }
+    }
     std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.to_path_buf(), source })?;
     let plan_path = out.join(PLAN_FILE);
     let io = |source| Error::Io { path: plan_path.clone(), source };
@@ -329,6 +369,30 @@ pub fn compile(bundle: &Bundle, out: &Path) -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn profile_keys_split_products_by_model_part() {
+        use super::profile_key;
+        assert_eq!(profile_key("Softmax", "/blocks.0/attn/Softmax"), "Softmax");
+        assert_eq!(profile_key("OptMatMul", "/blocks.3/mlp/fc1/MatMul_quant"), "OptMatMul (blocks)");
+        assert_eq!(profile_key("OptMatMul", "/blocks.3/attn/MatMul_1"), "OptMatMul (blocks, attention)");
+        assert_eq!(
+            profile_key("OptMatMul", "/blocks.3/attn/MatMul_1.split-over-2.1..197"),
+            "OptMatMul (blocks, attention)"
+        );
+        assert_eq!(profile_key("OptMatMul", "/blocks.3/attn/qkv/MatMul_quant"), "OptMatMul (blocks)");
+        assert_eq!(
+            profile_key("OptMatMul", "/decoder/decoder.0/decoder.0.0/ConvTranspose.einsum"),
+            "OptMatMul (decoder)"
+        );
+        assert_eq!(profile_key("OptMatMul", "/patch_embed/proj/Conv.matmatmul"), "OptMatMul (patch_embed)");
+        // The same nodes loaded from a plan (NNEF identifiers).
+        assert_eq!(profile_key("OptMatMul", "__blocks_5_mlp_fc1_Add_split_over_1_1__197_1"), "OptMatMul (blocks)");
+        assert_eq!(profile_key("OptMatMul", "__blocks_0_attn_MatMul_1_split_over_2"), "OptMatMul (blocks, attention)");
+        assert_eq!(profile_key("OptMatMul", "__decoder_decoder_3_ConvTranspose_deconv"), "OptMatMul (decoder)");
+        assert_eq!(profile_key("OptMatMul", "__patch_embed_proj_Conv_conv"), "OptMatMul (patch_embed)");
+        assert_eq!(profile_key("OptMatMul", "matmul_of_another_export"), "OptMatMul");
+    }
+
     #[test]
     fn tract_version_matches_the_lock_file() {
         let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();

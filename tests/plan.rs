@@ -118,3 +118,29 @@ fn a_scoring_reference_travels_into_the_plan() {
     assert_eq!(plan.reference.as_ref(), Some(&r));
     assert_eq!(plan.manifest.scoring.reference.as_ref().unwrap().n_good, 7);
 }
+
+#[test]
+fn int8_bundles_compile_into_integer_plans_and_int8_refuses_f32() {
+    let d = tempfile::tempdir().unwrap();
+    let compile = |model: &str, out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_anovit"))
+            .args(["compile", "--int8", "--model", model, "--out", d.path().join(out).to_str().unwrap()])
+            .current_dir(repo())
+            .output()
+            .unwrap()
+    };
+    let o = compile("models/demo-int8", "plan8");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // 6 blocks x (qkv, proj, fc1, fc2): every weight product of the encoder in integers.
+    assert!(out.contains("int8, 24 weight products in integers"), "{out}");
+    let plan = Bundle::load(&d.path().join("plan8")).unwrap();
+    let (typed, _) = anovit::model::load_typed(&plan).unwrap();
+    assert_eq!(anovit::quant::census(&typed), (0, 24));
+
+    let o = compile("models/demo-f32", "plan32");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("is an f32 bundle; quantise it first"), "{err}");
+    assert!(!d.path().join("plan32").exists());
+}
