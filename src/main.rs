@@ -899,7 +899,7 @@ fn compile(a: &CompileArgs) -> Result<()> {
         );
     }
     let t = std::time::Instant::now();
-    let manifest = anovit::model::compile(&src, &a.out)?;
+    let compiled = anovit::model::compile(&src, &a.out)?;
     let compiled_in = t.elapsed();
     let plan = Bundle::load(&a.out)?;
     let input = synthetic_input(&src)?;
@@ -909,18 +909,15 @@ fn compile(a: &CompileArgs) -> Result<()> {
     let load_to_first = t.elapsed();
     let rel = anovit::model::relative_l2(&got, &reference);
     let size = std::fs::metadata(plan.model_path()).map(|m| m.len()).unwrap_or(0);
-    let kind = match plan.manifest.model.precision.as_str() {
-        "int8" => {
-            let (typed, _) = anovit::model::load_typed(&plan)?;
-            format!("int8, {} weight products in integers", anovit::quant::census(&typed).1)
-        }
-        p => p.to_string(),
+    let kind = match compiled.int8_products {
+        Some(n) => format!("int8, {n} weight products in integers"),
+        None => plan.manifest.model.precision.clone(),
     };
     println!(
         "compiled {} -> {} in {} ms ({:.2} MB plan, {kind}, tract {}); plan load to first result {} ms; \
          plan vs ONNX relative L2 {rel:.2e}",
         src.model_path().display(),
-        manifest.display(),
+        compiled.manifest.display(),
         compiled_in.as_millis(),
         size as f64 / 1e6,
         anovit::model::TRACT_VERSION,

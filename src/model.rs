@@ -317,19 +317,29 @@ pub fn relative_l2(got: &[f32], reference: &[f32]) -> f64 {
 /// File name of the plan inside a compiled bundle.
 pub const PLAN_FILE: &str = "model.nnef.tgz";
 
+/// What `compile` wrote.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The new bundle's manifest.
+    pub manifest: PathBuf,
+    /// For an int8 plan, its weight products in tract's integer form.
+    pub int8_products: Option<usize>,
+}
+
 /// Compiles a bundle's ONNX model into a plan bundle in `out`: input shape fixed, graph
 /// decluttered, written as tract's NNEF archive (deterministic, gzip), with a manifest that
-/// records the plan's hash, the tract version and the ONNX file it came from. Returns the path
-/// of the new manifest.
-pub fn compile(bundle: &Bundle, out: &Path) -> Result<PathBuf> {
+/// records the plan's hash, the tract version and the ONNX file it came from.
+pub fn compile(bundle: &Bundle, out: &Path) -> Result<Compiled> {
     let src = bundle.model_path();
     if bundle.manifest.model.format() != ModelFormat::Onnx {
         return Err(mismatch(&src, "`anovit compile` takes an ONNX bundle; this one is already a plan".into()));
     }
     let (typed, _) = load_typed(bundle)?;
     let typed = typed.into_decluttered().map_err(tract_err(&src))?;
+    let mut int8_products = None;
     if bundle.manifest.model.precision == "int8" {
-        let (glue, _) = crate::quant::census(&typed);
+        let (glue, integer) = crate::quant::census(&typed);
+        int8_products = Some(integer);
         if glue > 0 {
             return Err(mismatch(
                 &src,
@@ -364,7 +374,7 @@ pub fn compile(bundle: &Bundle, out: &Path) -> Result<PathBuf> {
     let mpath = out.join("manifest.json");
     let text = serde_json::to_string_pretty(&manifest).expect("a manifest always serialises");
     std::fs::write(&mpath, text + "\n").map_err(|source| Error::Io { path: mpath.clone(), source })?;
-    Ok(mpath)
+    Ok(Compiled { manifest: mpath, int8_products })
 }
 
 #[cfg(test)]

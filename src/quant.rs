@@ -175,11 +175,13 @@ fn konst(model: &TypedModel, outlet: OutletId) -> Option<Arc<Tensor>> {
 /// One QuantizeLinearU8 -> EinSum(q, u8 out) -> DequantizeLinearF32 chain found in the graph.
 struct Chain {
     quantize: usize,
+    /// The quantize node's op.
+    qop: QuantizeLinearU8,
     einsum: usize,
     dequantize: usize,
 }
 
-fn find_chains(model: &TypedModel) -> TractResult<Vec<Chain>> {
+fn find_chains(model: &TypedModel) -> Vec<Chain> {
     let mut found = vec![];
     for e in &model.nodes {
         let Some(op) = e.op_as::<EinSum>() else { continue };
@@ -191,13 +193,12 @@ fn find_chains(model: &TypedModel) -> TractResult<Vec<Chain>> {
             continue;
         }
         let q = model.node(e.inputs[0].node);
-        let is_quantize =
-            q.op_as::<ElementWiseOp>().is_some_and(|ew| ew.0.downcast_ref::<QuantizeLinearU8>().is_some());
-        if is_quantize && konst(model, e.inputs[1]).is_some() {
-            found.push(Chain { quantize: q.id, einsum: e.id, dequantize: succ[0].node });
+        let qop = q.op_as::<ElementWiseOp>().and_then(|ew| ew.0.downcast_ref::<QuantizeLinearU8>());
+        if let (Some(qop), Some(_)) = (qop, konst(model, e.inputs[1])) {
+            found.push(Chain { quantize: q.id, qop: qop.clone(), einsum: e.id, dequantize: succ[0].node });
         }
     }
-    Ok(found)
+    found
 }
 
 fn scalar_f32(model: &TypedModel, outlet: OutletId) -> Option<f32> {
@@ -209,12 +210,7 @@ fn scalar_f32(model: &TypedModel, outlet: OutletId) -> Option<f32> {
 fn rewrite_chain(model: &mut TypedModel, c: &Chain) -> TractResult<bool> {
     let e = model.node(c.einsum).clone();
     let op = e.op_as::<EinSum>().context("einsum")?.clone();
-    let qop = model
-        .node(c.quantize)
-        .op_as::<ElementWiseOp>()
-        .and_then(|ew| ew.0.downcast_ref::<QuantizeLinearU8>())
-        .context("quantize")?
-        .clone();
+    let qop = &c.qop;
     // Activation parameters: the quantize op's must be the einsum's (scalars).
     let (Some(a_scale), Some(a0)) = (scalar_f32(model, e.inputs[4]), konst(model, e.inputs[3])) else {
         return Ok(false);
@@ -267,9 +263,7 @@ fn rewrite_chain(model: &mut TypedModel, c: &Chain) -> TractResult<bool> {
     // a_scale * b_scale[n], far below the activations' quantisation step): tract adds it inside
     // the product instead of in a pass of its own.
     let mut replaced = c.dequantize;
-    if let Some((add, b)) =
-        per_channel_bias(model, c.dequantize, n_out, model.outlet_fact(e.id.into())?.rank(), &scales)
-    {
+    if let Some((add, b)) = per_channel_bias(model, c.dequantize, n_out, &scales) {
         acc_bias.iter_mut().zip(b).for_each(|(acc, b)| *acc += b);
         replaced = add;
     }
@@ -314,9 +308,9 @@ fn per_channel_bias(
     model: &TypedModel,
     dequantize: usize,
     channel_pos: usize,
-    rank: usize,
     scales: &[f32],
 ) -> Option<(usize, Vec<i32>)> {
+    let rank = model.outlet_fact(dequantize.into()).ok()?.rank();
     let succ = model.outlet_successors(dequantize.into());
     let [inlet] = succ[..] else { return None };
     let add = model.node(inlet.node);
@@ -350,7 +344,7 @@ fn per_channel_bias(
 /// product whose parameters are not of the handled form stays as imported.
 pub fn rewrite_int8(model: TypedModel) -> TractResult<(TypedModel, usize)> {
     let mut model = model.into_decluttered()?;
-    let chains = find_chains(&model)?;
+    let chains = find_chains(&model);
     let mut n = 0;
     for c in &chains {
         if rewrite_chain(&mut model, c)? {
