@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -24,7 +25,8 @@ import common
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "out" / "compare"
-ANOVIT = ROOT / "target" / "release" / "anovit"
+# ANOVIT_BIN: a copy of the binary, so a long re-evaluation is not disturbed by rebuilding.
+ANOVIT = Path(os.environ.get("ANOVIT_BIN", ROOT / "target" / "release" / "anovit"))
 
 # Per data set: folder, layout, and the two-stage recipe of the demo model (plain reconstruction,
 # then 10 % input corruption with a cosine schedule), epochs sized to ~10 + 3 min per model here.

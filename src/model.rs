@@ -98,6 +98,10 @@ fn load_onnx(path: &Path, m: &Manifest) -> Result<TypedModel> {
     model.set_input_fact(0, f32::fact([s[0], s[1], s[2], s[3]]).into()).map_err(&err)?;
     let typed = model.into_typed().map_err(&err)?;
     if m.model.precision != "int8" {
+        // The decoder's transposed convolutions with our overlap-add (src/deconv.rs).
+        let mut typed = typed.into_decluttered().map_err(&err)?;
+        let n = crate::deconv::rewrite(&mut typed, false).map_err(&err)?;
+        log::debug!("{n} transposed convolutions with anovit's overlap-add");
         return Ok(typed);
     }
     // onnxruntime's int8 form runs slower than f32 as tract imports it: into tract's own

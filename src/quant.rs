@@ -47,61 +47,35 @@ impl Eq for QuantizeI8 {}
 /// integer, ties to even, in plain arithmetic the compiler vectorises.
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
-/// Quantises `xs` into `ys` (same length). The loop is plain arithmetic the compiler
-/// vectorises: NEON on aarch64; on x86-64 it is also built for AVX2 and AVX-512 and picked at run
-/// time (baseline SSE2 runs it at about 0.5 ns per element, AVX-512 at about 0.12).
-pub fn quantize_i8(xs: &[f32], ys: &mut [i8], scale: f32, zero_point: i8) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { quantize_i8_avx512(xs, ys, scale, zero_point) };
+crate::simd::multiversion! {
+    /// Quantises `xs` into `ys` (same length). The loop is plain arithmetic the compiler
+    /// vectorises (`simd::multiversion!`: baseline SSE2 runs it at about 0.5 ns per element,
+    /// AVX-512 at about 0.12).
+    pub fn quantize_i8(xs: &[f32], ys: &mut [i8], scale: f32, zero_point: i8) {
+        let zp = i32::from(zero_point);
+        // Clamping before rounding gives the same result (the bounds are integers) and keeps the
+        // value where the rounding trick and the unchecked conversion are exact.
+        let (lo, hi) = ((-128 - zp) as f32, (127 - zp) as f32);
+        for (x, y) in xs.iter().zip(ys.iter_mut()) {
+            let v = x * scale;
+            let v = if v < lo {
+                lo
+            } else if v > hi {
+                hi
+            } else {
+                v
+            };
+            let r = (v + ROUND_MAGIC) - ROUND_MAGIC;
+            // NaN (the only value the clamp lets through unbounded) maps to the zero point, as in
+            // tract's own QuantizeLinear.
+            let q = if r.is_nan() {
+                0
+            } else {
+                // SAFETY: r is an integer in [-255, 255] here, representable in i32.
+                unsafe { r.to_int_unchecked::<i32>() }
+            };
+            *y = (q + zp) as i8;
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: as above.
-            return unsafe { quantize_i8_avx2(xs, ys, scale, zero_point) };
-        }
-    }
-    quantize_i8_body(xs, ys, scale, zero_point)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn quantize_i8_avx512(xs: &[f32], ys: &mut [i8], scale: f32, zero_point: i8) {
-    quantize_i8_body(xs, ys, scale, zero_point)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn quantize_i8_avx2(xs: &[f32], ys: &mut [i8], scale: f32, zero_point: i8) {
-    quantize_i8_body(xs, ys, scale, zero_point)
-}
-
-#[inline(always)]
-fn quantize_i8_body(xs: &[f32], ys: &mut [i8], scale: f32, zero_point: i8) {
-    let zp = i32::from(zero_point);
-    // Clamping before rounding gives the same result (the bounds are integers) and keeps the
-    // value where the rounding trick and the unchecked conversion are exact.
-    let (lo, hi) = ((-128 - zp) as f32, (127 - zp) as f32);
-    for (x, y) in xs.iter().zip(ys.iter_mut()) {
-        let v = x * scale;
-        let v = if v < lo {
-            lo
-        } else if v > hi {
-            hi
-        } else {
-            v
-        };
-        let r = (v + ROUND_MAGIC) - ROUND_MAGIC;
-        // NaN (the only value the clamp lets through unbounded) maps to the zero point, as in
-        // tract's own QuantizeLinear.
-        let q = if r.is_nan() {
-            0
-        } else {
-            // SAFETY: r is an integer in [-255, 255] here, representable in i32.
-            unsafe { r.to_int_unchecked::<i32>() }
-        };
-        *y = (q + zp) as i8;
     }
 }
 
@@ -134,7 +108,123 @@ impl ElementWiseMiniOp for QuantizeI8 {
     }
 }
 
-/// NNEF operators of int8 plans beyond tract-core's: `anovit_quantize_i8(input, scale, zero_point)`.
+crate::simd::multiversion! {
+    /// `(min(xs, 0), max(xs, 0), nan)`: `nan` is NaN when some x is NaN or infinite. Sixteen
+    /// lanes of running minima and maxima, so the compiler vectorises it.
+    fn min_max(xs: &[f32]) -> (f32, f32, f32) {
+        let (mut lo, mut hi, mut bad) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+        let chunks = xs.chunks_exact(16);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for i in 0..16 {
+                lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
+                hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
+                bad[i] += c[i] * 0.0;
+            }
+        }
+        for (i, x) in rest.iter().enumerate() {
+            lo[i] = if *x < lo[i] { *x } else { lo[i] };
+            hi[i] = if *x > hi[i] { *x } else { hi[i] };
+            bad[i] += x * 0.0;
+        }
+        let lo = lo.iter().fold(0f32, |a, b| a.min(*b));
+        let hi = hi.iter().fold(0f32, |a, b| a.max(*b));
+        (lo, hi, bad.iter().sum())
+    }
+}
+
+/// Per-tensor parameters of dynamic int8 quantisation: `(step, zero_point)` with
+/// `x ~ step * (q - zero_point)`, `q` in i8, covering `[min(x, 0), max(x, 0)]` with 0 exact
+/// (after a ReLU that is the whole 8 bits on `[0, max]`). A NaN or infinite value makes the step
+/// NaN, so the product it feeds comes out NaN, as f32 arithmetic would, instead of a plausible
+/// number.
+pub fn dynamic_range(xs: &[f32]) -> (f32, i8) {
+    let (lo, hi, bad) = min_max(xs);
+    if bad.is_nan() {
+        return (f32::NAN, 0);
+    }
+    let step = (hi - lo) / 255.0;
+    if step <= 0.0 {
+        return (1.0, 0); // all zeros
+    }
+    let zero_point = ((-lo / step).round() - 128.0).clamp(-128.0, 127.0) as i8;
+    (step, zero_point)
+}
+
+/// `x` -> `[step, zero_point]` (f32) of [`dynamic_range`], computed per run: int8 products
+/// whose activations have no calibrated range (the decoder's, `deconv.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DynamicRange;
+
+impl Op for DynamicRange {
+    fn name(&self) -> StaticName {
+        "DynamicRange".into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for DynamicRange {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = inputs[0].try_as_plain_ram()?;
+        let (step, zero_point) = dynamic_range(x.as_slice::<f32>()?);
+        Ok(tvec!(tensor1(&[step, f32::from(zero_point)]).into_tvalue()))
+    }
+}
+
+impl TypedOp for DynamicRange {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].datum_type == f32::datum_type(), "DynamicRange takes f32");
+        Ok(tvec!(f32::fact([2])))
+    }
+    as_op!();
+}
+
+/// `(x, [step, zero_point])` -> i8: quantises with a [`DynamicRange`]'s output.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QuantizeDynamic;
+
+impl Op for QuantizeDynamic {
+    fn name(&self) -> StaticName {
+        "QuantizeDynamic".into()
+    }
+    op_as_typed_op!();
+}
+
+/// The `(step, zero_point)` a [`DynamicRange`] output holds.
+pub fn range_of(t: &Tensor) -> TractResult<(f32, i8)> {
+    let r = t.try_as_plain_ram()?;
+    let &[step, zp] = r.as_slice::<f32>()? else { bail!("a dynamic range is [step, zero_point], got {t:?}") };
+    Ok((step, zp as i8))
+}
+
+impl EvalOp for QuantizeDynamic {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (step, zero_point) = range_of(&inputs[1])?;
+        let x = inputs[0].try_as_plain_ram()?;
+        let mut out = unsafe { Tensor::uninitialized_dt(i8::datum_type(), inputs[0].shape())? };
+        {
+            let mut ys = out.try_as_plain_ram_mut()?;
+            quantize_i8(x.as_slice::<f32>()?, ys.as_slice_mut::<i8>()?, 1.0 / step, zero_point);
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for QuantizeDynamic {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].datum_type == f32::datum_type(), "QuantizeDynamic takes f32");
+        Ok(tvec!(i8::fact(inputs[0].shape.clone())))
+    }
+    as_op!();
+}
+
+/// NNEF operators of our plans beyond tract-core's: `anovit_quantize_i8(input, scale, zero_point)`,
+/// `anovit_dynamic_range(input)`, `anovit_quantize_dynamic(input, range)` and the decoder's
+/// overlap-add (`deconv::register`).
 pub fn registry() -> nnef::Registry {
     use nnef::TypeName;
     let mut reg = nnef::Registry::new("anovit").with_doc("anovit: operators of int8 plans (src/quant.rs)");
@@ -164,6 +254,33 @@ pub fn registry() -> nnef::Registry {
             builder.wire(ElementWiseOp(Box::new(QuantizeI8 { scale, zero_point }), None), &[input])
         },
     );
+    reg.register_dumper(|ast, node, _: &DynamicRange| {
+        Ok(Some(nnef::invocation("anovit_dynamic_range", &[ast.mapping[&node.inputs[0]].clone()], &[])))
+    });
+    reg.register_primitive(
+        "anovit_dynamic_range",
+        &[TypeName::Scalar.tensor().named("input")],
+        &[("output", TypeName::Scalar.tensor())],
+        |builder, invocation| {
+            let input = invocation.named_arg_as(builder, "input")?;
+            builder.wire(DynamicRange, &[input])
+        },
+    );
+    reg.register_dumper(|ast, node, _: &QuantizeDynamic| {
+        let inputs: Vec<_> = node.inputs.iter().map(|i| ast.mapping[i].clone()).collect();
+        Ok(Some(nnef::invocation("anovit_quantize_dynamic", &inputs, &[])))
+    });
+    reg.register_primitive(
+        "anovit_quantize_dynamic",
+        &[TypeName::Scalar.tensor().named("input"), TypeName::Scalar.tensor().named("range")],
+        &[("output", TypeName::Integer.tensor())],
+        |builder, invocation| {
+            let input = invocation.named_arg_as(builder, "input")?;
+            let range = invocation.named_arg_as(builder, "range")?;
+            builder.wire(QuantizeDynamic, &[input, range])
+        },
+    );
+    crate::deconv::register(&mut reg);
     reg
 }
 
@@ -351,12 +468,13 @@ pub fn rewrite_int8(model: TypedModel) -> TractResult<(TypedModel, usize)> {
             n += 1;
         }
     }
+    n += crate::deconv::rewrite(&mut model, true)?;
     Ok((model.into_decluttered()?, n))
 }
 
 /// Counts the int8 model's nodes that are still onnxruntime's form after the rewrite (a product
-/// it did not cover, or quantisation glue around other operators), and the products in tract's
-/// integer form.
+/// it did not cover, or quantisation glue around other operators), and the weight products in
+/// integers (onnxruntime's, and the decoder's with activations quantised per run).
 pub fn census(model: &TypedModel) -> (usize, usize) {
     let mut glue = 0;
     let mut integer = 0;
@@ -371,6 +489,9 @@ pub fn census(model: &TypedModel) -> (usize, usize) {
         }
         if n.op_is::<DequantizeLinearF32>() {
             glue += 1;
+        }
+        if n.op_is::<QuantizeDynamic>() {
+            integer += 1; // a decoder product (deconv.rs)
         }
     }
     (glue, integer)

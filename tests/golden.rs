@@ -55,13 +55,17 @@ fn int8_bundle_and_plan_match_onnxruntime_int8_within_the_quantisation_error() {
                 c.want,
                 c.rel
             );
-            // The reconstruction: as far from f32 as onnxruntime's int8 is, not farther.
+            // The reconstruction: tract's int8 plan also runs the decoder in integers (activations
+            // quantised per frame, src/deconv.rs), which onnxruntime's file leaves in f32, so it
+            // may be farther from f32 than onnxruntime's int8, but not twice as far (measured
+            // 1.7x; the encoder alone 0.5x). The arithmetic of both rewrites is held exactly by
+            // the unit tests in src/quant.rs and src/deconv.rs.
             let Some(ort) = c.entry["int8_vs_f32"].as_f64() else { continue };
             let r8 = model.infer(&c.input).unwrap().to_vec();
             let ours = anovit::model::relative_l2(&r8, f32_model.infer(&c.input).unwrap());
             println!("  reconstruction vs f32: tract int8 {ours:.2e}, onnxruntime int8 {ort:.2e}");
             assert!(
-                ours < 1.25 * ort,
+                ours < 2.0 * ort,
                 "{what} {}: int8 reconstruction {ours:e} from f32, onnxruntime's {ort:e}",
                 c.name
             );
