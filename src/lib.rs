@@ -10,6 +10,7 @@
 pub mod actuation;
 pub mod bench;
 pub mod board;
+pub mod broadcast;
 pub mod bundle;
 pub mod calibrate;
 pub mod capture;

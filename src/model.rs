@@ -171,7 +171,13 @@ impl Model {
         let (typed, out_index) = load_typed(bundle)?;
         let s = &bundle.manifest.input.shape;
         let shape = [s[0], s[1], s[2], s[3]];
-        let plan: Plan = typed.into_optimized().and_then(|m| m.into_runnable()).map_err(tract_err(&path))?;
+        let optimised = |typed: TypedModel| -> TractResult<TypedModel> {
+            let mut m = typed.into_optimized()?;
+            // Broadcasts tract leaves to its generic loop (src/broadcast.rs).
+            crate::broadcast::rewrite(&mut m)?;
+            Ok(m)
+        };
+        let plan: Plan = optimised(typed).and_then(|m| m.into_runnable()).map_err(tract_err(&path))?;
         let state = plan.spawn().map_err(tract_err(&path))?;
         Ok(Model {
             state,

@@ -68,6 +68,7 @@ const LANES: usize = 16;
 /// `out[i] = sum_k kernel[k] * base[start[k] + i]` for a symmetric kernel of odd length:
 /// mirrored taps are added before their one multiply, and `LANES` outputs are kept in
 /// registers at a time, so that the loop vectorises and each output is stored once.
+#[inline(always)]
 fn fir(out: &mut [f32], base: &[f32], start: &[usize], kernel: &[f32]) {
     let (n, r) = (out.len(), kernel.len() / 2);
     let pairs = || kernel[..r].iter().zip(&start[..r]).zip(start[r + 1..].iter().rev());
@@ -93,36 +94,51 @@ fn fir(out: &mut [f32], base: &[f32], start: &[usize], kernel: &[f32]) {
     }
 }
 
-/// Separable convolution of a `w x h` plane `src` with `kernel` along both axes, reflect
-/// borders, into `dst`. Scratch: `pad` holds a row with its borders (`w + kernel.len() - 1`),
-/// `rows` a `w x h` plane, `start` one offset per tap.
-#[allow(clippy::too_many_arguments)]
-fn smooth(
-    src: &[f32],
-    dst: &mut [f32],
-    rows: &mut [f32],
-    pad: &mut [f32],
-    start: &mut [usize],
-    w: usize,
-    h: usize,
-    kernel: &[f32],
-) {
-    let r = kernel.len() / 2;
-    for (k, s) in start.iter_mut().enumerate() {
-        *s = k;
-    }
-    for (s, d) in src.chunks_exact(w).zip(rows.chunks_exact_mut(w)) {
-        pad[r..r + w].copy_from_slice(s);
-        for i in (0..r).chain(r + w..pad.len()) {
-            pad[i] = s[reflect(i as isize - r as isize, w)];
-        }
-        fir(d, pad, start, kernel);
-    }
-    for (y, d) in dst.chunks_exact_mut(w).enumerate() {
+crate::simd::multiversion! {
+    /// Separable convolution of a `w x h` plane `src` with `kernel` along both axes, reflect
+    /// borders, into `dst`. Scratch: `pad` holds a row with its borders (`w + kernel.len() - 1`),
+    /// `rows` a `w x h` plane, `start` one offset per tap. Compiled per vector width.
+    #[allow(clippy::too_many_arguments)]
+    fn smooth(
+        src: &[f32],
+        dst: &mut [f32],
+        rows: &mut [f32],
+        pad: &mut [f32],
+        start: &mut [usize],
+        w: usize,
+        h: usize,
+        kernel: &[f32],
+    ) {
+        let r = kernel.len() / 2;
         for (k, s) in start.iter_mut().enumerate() {
-            *s = reflect(y as isize + k as isize - r as isize, h) * w;
+            *s = k;
         }
-        fir(d, rows, start, kernel);
+        for (s, d) in src.chunks_exact(w).zip(rows.chunks_exact_mut(w)) {
+            pad[r..r + w].copy_from_slice(s);
+            for i in (0..r).chain(r + w..pad.len()) {
+                pad[i] = s[reflect(i as isize - r as isize, w)];
+            }
+            fir(d, pad, start, kernel);
+        }
+        for (y, d) in dst.chunks_exact_mut(w).enumerate() {
+            for (k, s) in start.iter_mut().enumerate() {
+                *s = reflect(y as isize + k as isize - r as isize, h) * w;
+            }
+            fir(d, rows, start, kernel);
+        }
+    }
+}
+
+crate::simd::multiversion! {
+    /// The anomaly map before smoothing: per pixel, the channels' mean squared error.
+    fn squared_error(out: &mut [f32], input: &[f32], recon: &[f32]) {
+        let plane = out.len();
+        let (i0, i1, i2) = (&input[..plane], &input[plane..2 * plane], &input[2 * plane..3 * plane]);
+        let (r0, r1, r2) = (&recon[..plane], &recon[plane..2 * plane], &recon[2 * plane..3 * plane]);
+        for (i, e) in out.iter_mut().enumerate() {
+            let (d0, d1, d2) = (i0[i] - r0[i], i1[i] - r1[i], i2[i] - r2[i]);
+            *e = (d0 * d0 + d1 * d1 + d2 * d2) / 3.0;
+        }
     }
 }
 
@@ -188,12 +204,7 @@ impl Scorer {
         let plane = self.width * self.height;
         debug_assert_eq!(input.len(), 3 * plane);
         debug_assert_eq!(recon.len(), 3 * plane);
-        let (i0, i1, i2) = (&input[..plane], &input[plane..2 * plane], &input[2 * plane..]);
-        let (r0, r1, r2) = (&recon[..plane], &recon[plane..2 * plane], &recon[2 * plane..]);
-        for (i, e) in self.tmp.iter_mut().enumerate() {
-            let (d0, d1, d2) = (i0[i] - r0[i], i1[i] - r1[i], i2[i] - r2[i]);
-            *e = (d0 * d0 + d1 * d1 + d2 * d2) / 3.0;
-        }
+        squared_error(&mut self.tmp, input, recon);
         let (w, h) = (self.width, self.height);
         smooth(&self.tmp, &mut self.map, &mut self.rows, &mut self.pad, &mut self.start, w, h, &self.kernel);
         if let Some((mean, inv)) = &self.reference {
