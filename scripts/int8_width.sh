@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# int8 against f32 in tract, by encoder width: how much the integer plan (src/quant.rs) gains on
+# int8 against f32 in tract, by encoder width: how much the integer plan (src/quant.rs, src/deconv.rs) gains on
 # the edge model (ViT-Ti width, 192) and on the paper's ViT-B/16 (768), single thread.
 #   scripts/int8_width.sh [SIZES]     (default "edge paper"; about 10 minutes on 2 cores)
 # Each size goes through the real pipeline on a small synthetic set: one epoch of training (the
@@ -18,15 +18,17 @@ BIN=target/release/anovit
 
 models=()
 for size in $SIZES; do
-    if [ ! -f "$OUT/$size-int8-plan/manifest.json" ]; then
+    # Trained, exported and quantised once; compiled every time (plans follow the runtime's code).
+    if [ ! -f "$OUT/$size-int8/manifest.json" ]; then
         "$PY" scripts/train.py --data "$OUT/data" --size "$size" --epochs 1 --batch 8 --patience 1 \
             --out "$OUT/$size.pt" >"$OUT/$size.log" 2>&1
         "$PY" scripts/export.py --ckpt "$OUT/$size.pt" --out "$OUT/$size-f32" --parity-images 1 >>"$OUT/$size.log" 2>&1
         "$PY" scripts/quantize.py --bundle "$OUT/$size-f32" --out "$OUT/$size-int8" --data "$OUT/data" \
             --calibration-images 16 --test-per-kind 1 >>"$OUT/$size.log" 2>&1
-        "$BIN" compile --model "$OUT/$size-f32" --out "$OUT/$size-f32-plan" | tee -a "$OUT/$size.log"
-        "$BIN" compile --int8 --model "$OUT/$size-int8" --out "$OUT/$size-int8-plan" | tee -a "$OUT/$size.log"
     fi
+    rm -rf "$OUT/$size-f32-plan" "$OUT/$size-int8-plan"
+    "$BIN" compile --model "$OUT/$size-f32" --out "$OUT/$size-f32-plan" | tee -a "$OUT/$size.log"
+    "$BIN" compile --int8 --model "$OUT/$size-int8" --out "$OUT/$size-int8-plan" | tee -a "$OUT/$size.log"
     models+=(--model "$OUT/$size-f32-plan" --model "$OUT/$size-int8-plan")
 done
 

@@ -138,8 +138,11 @@ fn fits(small: &ShapeFact, big: &ShapeFact) -> bool {
 }
 
 /// Replaces the optimised plan's generic f32 binary operators of a handled shape (module doc).
-/// Returns how many.
+/// Returns how many; none under `ANOVIT_TRACT_OPS` ([`crate::model::tract_ops_only`]).
 pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
+    if crate::model::tract_ops_only() {
+        return Ok(0);
+    }
     let mut n = 0;
     for id in model.eval_order()? {
         let node = model.node(id);

@@ -352,10 +352,9 @@ fn quantize_rows(a: &[f32], k: usize) -> (Vec<i8>, Vec<f32>, Vec<i32>) {
 
 /// Rewrites every `Deconv` of the handled form (see `plan_for`) into a product and an
 /// [`OverlapAdd`]: f32, or with `int8` an integer product on dynamically quantised activations.
-/// Returns how many were rewritten. `ANOVIT_TRACT_DECONV=1` in the environment keeps tract's
-/// own lowering instead, for side-by-side measurements (`docs/PERF.md`).
+/// Returns how many were rewritten; none under `ANOVIT_TRACT_OPS` ([`crate::model::tract_ops_only`]).
 pub fn rewrite(model: &mut TypedModel, int8: bool) -> TractResult<usize> {
-    if std::env::var_os("ANOVIT_TRACT_DECONV").is_some() {
+    if crate::model::tract_ops_only() {
         return Ok(0);
     }
     let found: Vec<_> =

@@ -159,8 +159,15 @@ struct BenchArgs {
 #[derive(Args)]
 struct CompileArgs {
     /// ONNX bundle directory (model.onnx + manifest.json).
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, required_unless_present = "onnx", conflicts_with_all = ["onnx", "manifest"])]
+    model: Option<PathBuf>,
+    /// The ONNX file, when it is not in a bundle directory with its manifest (with --manifest;
+    /// the manifest's sha256 must be this file's).
+    #[arg(long, requires = "manifest")]
+    onnx: Option<PathBuf>,
+    /// The manifest that goes with --onnx (its scoring reference, if any, next to it).
+    #[arg(long, requires = "onnx")]
+    manifest: Option<PathBuf>,
     /// Output bundle directory.
     #[arg(long)]
     out: PathBuf,
@@ -888,14 +895,66 @@ impl Publisher {
 /// Compiles, then checks that the plan reproduces the ONNX model's output on a real frame.
 #[cfg(feature = "onnx")]
 fn compile(a: &CompileArgs) -> Result<()> {
-    let src = Bundle::load(&a.model)?;
+    // --onnx and --manifest: the pair staged as a bundle directory (hash checked as for any bundle).
+    let (Some(onnx), Some(manifest)) = (&a.onnx, &a.manifest) else {
+        let dir = a.model.as_deref().context("give --model BUNDLE, or --onnx FILE with --manifest FILE")?;
+        return compile_bundle(a, dir);
+    };
+    let staging = stage_bundle(onnx, manifest)?;
+    let r = compile_bundle(a, &staging);
+    let _ = std::fs::remove_dir_all(&staging);
+    r
+}
+
+/// A temporary bundle directory holding `onnx` under the manifest's model file name, the manifest,
+/// and its scoring reference if it names one.
+#[cfg(feature = "onnx")]
+fn stage_bundle(onnx: &Path, manifest: &Path) -> Result<PathBuf> {
+    let text = std::fs::read_to_string(manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
+    let m = anovit::bundle::Manifest::parse(&text).map_err(|why| anyhow::anyhow!("{}: {why}", manifest.display()))?;
+    let bytes = std::fs::read(onnx).with_context(|| format!("cannot read {}", onnx.display()))?;
+    let hash = anovit::bundle::sha256_hex(&bytes);
+    if hash != m.model.sha256 {
+        bail!(
+            "{} is not the model {} describes (sha256 {hash}, the manifest says {}): give the manifest exported \
+             with this model",
+            onnx.display(),
+            manifest.display(),
+            m.model.sha256
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("anovit-compile-{}", std::process::id()));
+    let fill = || -> Result<()> {
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let copy = |from: &Path, name: &str| {
+            std::fs::copy(from, dir.join(name))
+                .with_context(|| format!("cannot copy {} into {}", from.display(), dir.display()))
+        };
+        std::fs::write(dir.join(&m.model.file), &bytes)
+            .with_context(|| format!("cannot write into {}", dir.display()))?;
+        copy(manifest, "manifest.json")?;
+        if let Some(r) = &m.scoring.reference {
+            copy(&manifest.parent().unwrap_or(Path::new(".")).join(&r.file), &r.file)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = fill() {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+    Ok(dir)
+}
+
+#[cfg(feature = "onnx")]
+fn compile_bundle(a: &CompileArgs, dir: &Path) -> Result<()> {
+    let src = Bundle::load(dir)?;
+    let named = a.onnx.clone().unwrap_or_else(|| src.model_path());
     if a.int8 && src.manifest.model.precision != "int8" {
         bail!(
-            "--int8: {} is an {} bundle; quantise it first (scripts/quantize.py --bundle {} --out DIR --data DATA) \
+            "--int8: {} is an {} bundle; quantise it first (scripts/quantize.py --bundle BUNDLE --out DIR --data DATA) \
              and compile that",
-            a.model.display(),
+            named.display(),
             src.manifest.model.precision,
-            a.model.display()
         );
     }
     let t = std::time::Instant::now();
@@ -916,7 +975,7 @@ fn compile(a: &CompileArgs) -> Result<()> {
     println!(
         "compiled {} -> {} in {} ms ({:.2} MB plan, {kind}, tract {}); plan load to first result {} ms; \
          plan vs ONNX relative L2 {rel:.2e}",
-        src.model_path().display(),
+        named.display(),
         compiled.manifest.display(),
         compiled_in.as_millis(),
         size as f64 / 1e6,

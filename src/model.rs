@@ -31,6 +31,13 @@ pub fn nnef() -> tract_nnef::framework::Nnef {
     tract_nnef::nnef().with_registry(crate::quant::registry())
 }
 
+/// Whether `ANOVIT_TRACT_OPS` is set: models then load with tract's own lowering of transposed
+/// convolutions and broadcasts instead of ours (`deconv.rs`, `broadcast.rs`), so that
+/// `scripts/perf.py` can measure both. int8 decoders then stay f32.
+pub fn tract_ops_only() -> bool {
+    std::env::var_os("ANOVIT_TRACT_OPS").is_some()
+}
+
 fn tract_err(path: &Path) -> impl Fn(anyhow::Error) -> Error + '_ {
     move |e| Error::Model { path: path.to_path_buf(), why: format!("{e:#}") }
 }

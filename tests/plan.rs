@@ -145,3 +145,35 @@ fn int8_bundles_compile_into_integer_plans_and_int8_refuses_f32() {
     assert!(err.contains("is an f32 bundle; quantise it first"), "{err}");
     assert!(!d.path().join("plan32").exists());
 }
+
+#[test]
+fn compile_takes_an_onnx_file_and_its_manifest_and_checks_they_belong_together() {
+    let d = tempfile::tempdir().unwrap();
+    let compile = |onnx: &str, manifest: &str, out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_anovit"))
+            .args(["compile", "--onnx", onnx, "--manifest", manifest, "--out", d.path().join(out).to_str().unwrap()])
+            .current_dir(repo())
+            .output()
+            .unwrap()
+    };
+    let o = compile("models/demo-f32/model.onnx", "models/demo-f32/manifest.json", "plan");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("compiled models/demo-f32/model.onnx ->"));
+    let plan = Bundle::load(&d.path().join("plan")).unwrap();
+    assert_eq!(plan.manifest.model.format.as_deref(), Some("nnef"));
+    let from = plan.manifest.model.compiled_from.as_ref().unwrap();
+    assert_eq!(from["sha256"].as_str(), Some(demo_bundle().manifest.model.sha256.as_str()));
+
+    // A model with another model's manifest: refused before anything is written.
+    let o = compile("models/demo-f32/model.onnx", "models/demo-int8/manifest.json", "wrong");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not the model models/demo-int8/manifest.json describes"), "{err}");
+    assert!(!d.path().join("wrong").exists());
+    let o = Command::new(env!("CARGO_BIN_EXE_anovit"))
+        .args(["compile", "--onnx", "models/demo-f32/model.onnx", "--out", "x"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--manifest"));
+}
