@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Deploy builds side by side: stripped size, plan load to first result, loop latency.
 #   scripts/deploy_bench.sh [PARTS] [ROUNDS]    (defaults 60 parts, 3 rounds)
+#   SYMS=1 scripts/deploy_bench.sh              also sums the x86 binary's functions by crate (unstripped build)
 #   ARM=1 scripts/deploy_bench.sh               also cross-builds the aarch64 deploy binary (the
 #                                               toolchain of scripts/arm-test.sh) and prints its size
 # Builds the deploy binary (no ONNX front-end, `--no-default-features`) with the two deploy
@@ -62,4 +63,22 @@ if [ "${ARM:-0}" = 1 ]; then
         --target aarch64-unknown-linux-gnu --target-dir target/aarch64 --bin anovit
     size=$(stat -c %s target/aarch64/aarch64-unknown-linux-gnu/release-lto/anovit)
     printf 'aarch64 `release-lto` deploy binary: %.1f MB stripped\n' "$(echo "$size / 1000000" | bc -l)"
+fi
+
+if [ "${SYMS:-0}" = 1 ]; then
+    # What the x86 release-lto deploy binary's code is made of: the same build unstripped, its
+    # function symbols summed by the crate that defines them.
+    cargo build --quiet --profile release-lto --no-default-features --target-dir target/deploy-syms \
+        --config 'profile.release-lto.strip=false'
+    nm -S --size-sort -C target/deploy-syms/release-lto/anovit | python3 -c '
+import collections, re, sys
+by = collections.Counter()
+for line in sys.stdin:
+    f = line.rstrip("\n").split(" ", 3)
+    if len(f) == 4 and f[2] in "tTwW":
+        m = re.search(r"([a-z_][a-z0-9_]*)::", f[3])
+        by[m.group(1) if m else "(other)"] += int(f[1], 16)
+print(f"functions of the release-lto deploy binary: {sum(by.values()) / 1e6:.2f} MB")
+for k, v in by.most_common(10):
+    print(f"  {k:15s} {v / 1e6:5.2f} MB")'
 fi

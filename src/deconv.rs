@@ -526,17 +526,21 @@ mod tests {
         ]
     }
 
+    /// tract's `Deconv` and our rewrite of it (f32 or int8) on the same input: (tract's output,
+    /// ours, the input).
+    fn tract_and_ours(case: &Case, seed: u64, int8: bool) -> (Vec<f32>, Vec<f32>, Tensor) {
+        let (model, x) = deconv_model(case, seed);
+        let want = run(model.clone(), &x);
+        let mut ours = model.into_decluttered().unwrap();
+        assert_eq!(rewrite(&mut ours, int8).unwrap(), 1);
+        assert!(ours.nodes.iter().any(|n| n.op_is::<OverlapAdd>()) && !ours.nodes.iter().any(|n| n.op_is::<Deconv>()));
+        (want, run(ours, &x), x)
+    }
+
     #[test]
     fn f32_overlap_add_equals_tracts_deconv() {
         for (i, case) in cases().iter().enumerate() {
-            let (model, x) = deconv_model(case, 10 + i as u64);
-            let want = run(model.clone(), &x);
-            let mut ours = model.into_decluttered().unwrap();
-            assert_eq!(rewrite(&mut ours, false).unwrap(), 1, "case {i}");
-            assert!(
-                ours.nodes.iter().any(|n| n.op_is::<OverlapAdd>()) && !ours.nodes.iter().any(|n| n.op_is::<Deconv>())
-            );
-            let got = run(ours, &x);
+            let (want, got, _) = tract_and_ours(case, 10 + i as u64, false);
             assert_eq!(got.len(), want.len(), "case {i}");
             for (j, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "case {i} [{j}]: {g} vs {w}");
@@ -550,11 +554,7 @@ mod tests {
     #[test]
     fn int8_overlap_add_is_within_the_quantisation_bound_of_f32() {
         for (i, case) in cases().iter().enumerate() {
-            let (model, x) = deconv_model(case, 20 + i as u64);
-            let want = run(model.clone(), &x);
-            let mut ours = model.into_decluttered().unwrap();
-            assert_eq!(rewrite(&mut ours, true).unwrap(), 1);
-            let got = run(ours, &x);
+            let (want, got, x) = tract_and_ours(case, 20 + i as u64, true);
             let xs = x.try_as_plain_ram().unwrap();
             let (dx, _) = crate::quant::dynamic_range(xs.as_slice::<f32>().unwrap());
             let kernel = values(case.co * case.ci * case.k[0] * case.k[1], 20 + i as u64);
@@ -578,10 +578,7 @@ mod tests {
     fn int8_overlap_add_equals_the_exact_integer_formula() {
         for (i, c) in cases().iter().enumerate() {
             let seed = 30 + i as u64;
-            let (model, x) = deconv_model(c, seed);
-            let mut ours = model.into_decluttered().unwrap();
-            rewrite(&mut ours, true).unwrap();
-            let got = run(ours, &x);
+            let (_, got, x) = tract_and_ours(c, seed, true);
             let xs = x.try_as_plain_ram().unwrap();
             let xs = xs.as_slice::<f32>().unwrap();
             let (step, z) = crate::quant::dynamic_range(xs);

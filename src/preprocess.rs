@@ -53,6 +53,12 @@ fn lerp(a: f32, b: f32, t: f32) -> f32 {
     a + (b - a) * t
 }
 
+/// Normalisation `v * scale + offset` per channel.
+struct Norm {
+    scale: [f32; 3],
+    offset: [f32; 3],
+}
+
 /// Output pixels per block of [`yuyv_output_row`].
 const BLOCK: usize = 16;
 
@@ -61,10 +67,9 @@ crate::simd::multiversion! {
     fn yuyv_output_row(
         r0: &[u8],
         r1: &[u8],
-        xs: &[Tap],
         fy: f32,
-        scale: &[f32; 3],
-        offset: &[f32; 3],
+        xs: &[Tap],
+        norm: &Norm,
         out: [&mut [f32]; 3],
     ) {
         let [o0, o1, o2] = out;
@@ -97,7 +102,7 @@ crate::simd::multiversion! {
                 for (k, dst) in o.iter_mut().enumerate() {
                     let top = lerp(rgb[0][ch][k], rgb[1][ch][k], fx[k]);
                     let bottom = lerp(rgb[2][ch][k], rgb[3][ch][k], fx[k]);
-                    *dst = lerp(top, bottom, fy) * scale[ch] + offset[ch];
+                    *dst = lerp(top, bottom, fy) * norm.scale[ch] + norm.offset[ch];
                 }
             }
         }
@@ -185,47 +190,52 @@ impl Preprocessor {
         Ok(&self.out)
     }
 
+    /// Runs `row(r0, r1, fy, xs, scale, offset, [out planes' row])` for each output row: the two
+    /// source rows it interpolates between, its vertical weight, the horizontal taps, and
+    /// `(v / 255 - mean) / std` as one multiply-add (divisions dominated the loop).
+    fn each_row(
+        &mut self,
+        data: &[u8],
+        stride: usize,
+        mut row: impl FnMut(&[u8], &[u8], f32, &[Tap], &Norm, [&mut [f32]; 3]),
+    ) {
+        let plane = self.width * self.height;
+        let norm = Norm {
+            scale: std::array::from_fn(|c| 1.0 / (255.0 * self.std[c])),
+            offset: std::array::from_fn(|c| -self.mean[c] / self.std[c]),
+        };
+        let (p0, rest) = self.out.split_at_mut(plane);
+        let (p1, p2) = rest.split_at_mut(plane);
+        let rows =
+            p0.chunks_exact_mut(self.width).zip(p1.chunks_exact_mut(self.width)).zip(p2.chunks_exact_mut(self.width));
+        for (ty, ((o0, o1), o2)) in self.ys.iter().zip(rows) {
+            let (r0, r1) = (&data[ty.i0 * stride..][..stride], &data[ty.i1 * stride..][..stride]);
+            row(r0, r1, ty.f, &self.xs, &norm, [o0, o1, o2]);
+        }
+    }
+
     /// [`Self::resize`] of YUYV into RGB, the same arithmetic in the same order (bit-identical),
     /// laid out for vector units: each block of output pixels gathers its four source pixels'
     /// bytes, then converts, interpolates and normalises them lane-wise (a third of the scalar
     /// loop's time; the loop's default camera format).
     fn resize_yuyv(&mut self, data: &[u8], stride: usize) {
-        let plane = self.width * self.height;
-        let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * self.std[c]));
-        let offset: [f32; 3] = std::array::from_fn(|c| -self.mean[c] / self.std[c]);
-        let (p0, rest) = self.out.split_at_mut(plane);
-        let (p1, p2) = rest.split_at_mut(plane);
-        let rows =
-            p0.chunks_exact_mut(self.width).zip(p1.chunks_exact_mut(self.width)).zip(p2.chunks_exact_mut(self.width));
-        for (ty, ((o0, o1), o2)) in self.ys.iter().zip(rows) {
-            let (r0, r1) = (&data[ty.i0 * stride..][..stride], &data[ty.i1 * stride..][..stride]);
-            yuyv_output_row(r0, r1, &self.xs, ty.f, &scale, &offset, [o0, o1, o2]);
-        }
+        self.each_row(data, stride, yuyv_output_row);
     }
 
     /// Bilinear resize and normalisation of `data` (rows of `stride` bytes, `bpp` bytes per
     /// pixel) into the output planes, with the taps already computed.
     fn resize(&mut self, data: &[u8], stride: usize, bpp: usize, px: impl Fn(&[u8], usize) -> [f32; 3]) {
-        let plane = self.width * self.height;
-        // (v / 255 - mean) / std as one multiply-add per value: divisions dominated this loop.
-        let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * self.std[c]));
-        let offset: [f32; 3] = std::array::from_fn(|c| -self.mean[c] / self.std[c]);
-        let (p0, rest) = self.out.split_at_mut(plane);
-        let (p1, p2) = rest.split_at_mut(plane);
-        let rows =
-            p0.chunks_exact_mut(self.width).zip(p1.chunks_exact_mut(self.width)).zip(p2.chunks_exact_mut(self.width));
-        for (ty, ((o0, o1), o2)) in self.ys.iter().zip(rows) {
-            let (r0, r1) = (&data[ty.i0 * stride..][..stride], &data[ty.i1 * stride..][..stride]);
-            for (ox, tx) in self.xs.iter().enumerate() {
+        self.each_row(data, stride, |r0, r1, fy, xs, norm, [o0, o1, o2]| {
+            for (ox, tx) in xs.iter().enumerate() {
                 let (x0, x1) = (tx.i0 * bpp, tx.i1 * bpp);
                 // Horizontal pass on both rows, then vertical, as in Python.
                 let (a, b, c, d) = (px(r0, x0), px(r0, x1), px(r1, x0), px(r1, x1));
                 let v: [f32; 3] = std::array::from_fn(|ch| {
-                    lerp(lerp(a[ch], b[ch], tx.f), lerp(c[ch], d[ch], tx.f), ty.f) * scale[ch] + offset[ch]
+                    lerp(lerp(a[ch], b[ch], tx.f), lerp(c[ch], d[ch], tx.f), fy) * norm.scale[ch] + norm.offset[ch]
                 });
                 (o0[ox], o1[ox], o2[ox]) = (v[0], v[1], v[2]);
             }
-        }
+        });
     }
 }
 
