@@ -233,7 +233,7 @@ def write_results(summaries: list[dict], path: Path, missing: list[str] = ()) ->
              "calibrate` on the validation images (1 % target, 95 % confidence); `promised` is the false-reject",
              "rate it expects, `measured` the rate on the test good images. Figures from `anovit eval`",
              "(`docs/EVAL.md`): the same Rust code path as the line. int8 rows: onnxruntime's static",
-             "quantisation (`scripts/quantize.py`) run by tract in its integer form (`src/quant.rs`, `docs/DEPLOY.md`;",
+             "quantisation (`scripts/quantize.py`) run by tract in its integer form, the decoder quantised per frame by the runtime (`src/quant.rs`, `src/deconv.rs`, `docs/DEPLOY.md`;",
              "`compare.py --reuse --reeval-int8` evaluates finished runs' int8 bundles again).", ""]
     for ds in DATASETS:
         rows = [s for s in summaries if s["dataset"] == ds]
