@@ -89,8 +89,9 @@ def count_flops(model, input_shape):
 class Tract:
     """`anovit bench --serve`: the plans, loaded once, timed on request."""
 
-    def __init__(self, exe, models, threads, input_path):
-        cmd = [str(exe), "bench", "--serve", "--threads", ",".join(map(str, threads)), "--input-out", str(input_path)]
+    def __init__(self, exe, models, threads, input_path, recon_dir):
+        cmd = [str(exe), "bench", "--serve", "--threads", ",".join(map(str, threads)), "--input-out", str(input_path),
+               "--recon-out", str(recon_dir)]
         for m in models:
             cmd += ["--model", str(m)]
         self.p = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -175,7 +176,8 @@ def main():
 
     # Plan latency, interleaved.
     input_path = work / "input.f32"
-    tract = Tract(exe, models, threads, input_path)
+    recon_dir = work / "recon"
+    tract = Tract(exe, models, threads, input_path, recon_dir)
     shape = manifests[0]["input"]["shape"]
     x = np.fromfile(input_path, dtype="<f4").reshape(shape)
     sessions, feeds = [], []
@@ -185,6 +187,11 @@ def main():
         sessions.append(s)
         feeds.append({s.get_inputs()[0].name: x})
         ort_times(s, feeds[-1], 3)
+        # Parity on the very input both engines are timed on: tract's reconstruction against
+        # onnxruntime's (relative L2).
+        want = s.run([manifests[i]["outputs"]["reconstruction"]], feeds[-1])[0].ravel()
+        got = np.fromfile(recon_dir / f"{len(sessions) - 1}.f32", dtype="<f4")
+        c["recon_rel_l2_vs_onnxruntime"] = float(np.linalg.norm(got - want) / np.linalg.norm(want))
     samples = [{"tract": [], "onnxruntime": []} for _ in tract.configs]
     for r in range(a.rounds):
         for i, _ in enumerate(tract.configs):
@@ -268,6 +275,11 @@ def render(f):
         lines.append(f"| {p['model']} ({p['precision']}) | {p['threads']} | {t['median_ms']:.2f} ms | {t['p99_ms']:.2f} ms | "
                      f"{o['median_ms']:.2f} ms | {o['p99_ms']:.2f} ms | {p['speed_vs_onnxruntime']:.2f} |")
     lines += ["", *int8_speedup(f["plan"])]
+    parity = [f"{p['model']} {p['threads']} thread(s) {p['recon_rel_l2_vs_onnxruntime']:.1e}"
+              for p in f["plan"] if "recon_rel_l2_vs_onnxruntime" in p]
+    if parity:
+        lines.append("- Parity on that same input, tract's reconstruction against onnxruntime's (relative L2; int8: "
+                     "tract also quantises the decoder, onnxruntime's file does not): " + ", ".join(parity) + ".")
     lines += [
         "",
         "## The floor",

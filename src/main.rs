@@ -153,6 +153,10 @@ struct BenchArgs {
     /// the peer runs the very same input.
     #[arg(long)]
     input_out: Option<PathBuf>,
+    /// With --serve: write each configuration's reconstruction of that input into this folder
+    /// (`N.f32`, N the configuration's index), for the peer to compare with its own.
+    #[arg(long)]
+    recon_out: Option<PathBuf>,
 }
 
 #[cfg(feature = "onnx")]
@@ -1396,7 +1400,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
         b::time_runs(&mut c.model, &input, 3)?;
     }
     if a.serve {
-        return serve(&mut configs, &input, a.input_out.as_deref());
+        return serve(&mut configs, &input, a.input_out.as_deref(), a.recon_out.as_deref());
     }
 
     let mut json = serde_json::Map::new();
@@ -1535,10 +1539,20 @@ fn machine() -> serde_json::Value {
 }
 
 /// The peer protocol of `anovit bench --serve`.
-fn serve(configs: &mut [BenchConfig], input: &[f32], input_out: Option<&Path>) -> Result<()> {
+fn serve(configs: &mut [BenchConfig], input: &[f32], input_out: Option<&Path>, recon_out: Option<&Path>) -> Result<()> {
+    let write = |p: &Path, values: &[f32]| {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(p, bytes).with_context(|| format!("cannot write {}", p.display()))
+    };
     if let Some(p) = input_out {
-        let bytes: Vec<u8> = input.iter().flat_map(|v| v.to_le_bytes()).collect();
-        std::fs::write(p, bytes).with_context(|| format!("cannot write {}", p.display()))?;
+        write(p, input)?;
+    }
+    if let Some(dir) = recon_out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for (i, c) in configs.iter_mut().enumerate() {
+            let recon = c.model.infer(input)?;
+            write(&dir.join(format!("{i}.f32")), recon)?;
+        }
     }
     let list: Vec<_> = configs
         .iter()

@@ -55,6 +55,8 @@ def test_quick_run_measures_both_engines_side_by_side():
     (p,) = f["plan"]
     assert p["tract"]["n"] == p["onnxruntime"]["n"] == 4
     assert p["speed_vs_onnxruntime"] > 0
+    # The f32 model's reconstruction in tract against onnxruntime's, on the input both timed.
+    assert p["recon_rel_l2_vs_onnxruntime"] < 1e-5
     assert abs(f["flops_per_frame"] / 1e9 - 1.712) < 0.01, "the demo model's FLOPs (docs/MODEL.md)"
     assert f["loop"]["allocs_ours_per_frame"] == 0
     assert "## What the figures say" in (perf.ROOT / "target" / "perf" / "PERF.md").read_text()
