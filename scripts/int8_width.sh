@@ -2,6 +2,7 @@
 # int8 against f32 in tract, by encoder width: how much the integer plan (src/quant.rs, src/deconv.rs) gains on
 # the edge model (ViT-Ti width, 192) and on the paper's ViT-B/16 (768), single thread.
 #   scripts/int8_width.sh [SIZES]     (default "edge paper"; about 10 minutes on 2 cores)
+#   INT8_KERNEL=wide scripts/int8_width.sh   (`anovit --int8-kernel`; default auto: tract's choice)
 # Each size goes through the real pipeline on a small synthetic set: one epoch of training (the
 # speed of a plan does not depend on how well it is trained), export, onnxruntime's static int8
 # quantisation (scripts/quantize.py), `anovit compile` of both, then `anovit bench` times every
@@ -32,10 +33,10 @@ for size in $SIZES; do
     models+=(--model "$OUT/$size-f32-plan" --model "$OUT/$size-int8-plan")
 done
 
-"$BIN" bench --threads 1 --frames 0 --rss-parts 0 --profile 0 --runs 3 --rounds 6 --json "$OUT/bench.json" \
+"$BIN" --int8-kernel "${INT8_KERNEL:-auto}" bench --threads 1 --frames 0 --rss-parts 0 --profile 0 --runs 3 --rounds 6 --json "$OUT/bench.json" \
     "${models[@]}" >/dev/null 2>&1
 "$PY" - "$OUT/bench.json" $SIZES <<'EOF'
-import json, sys
+import json, os, sys
 bench, sizes = json.load(open(sys.argv[1])), sys.argv[2:]
 plans = {p["model"]: p["latency"] for p in bench["plan"]}
 print("| encoder | f32 plan, median | int8 plan, median | int8 speed-up |")
@@ -44,5 +45,6 @@ for s in sizes:
     f, i = plans[f"{s}-f32-plan"]["median_ms"], plans[f"{s}-int8-plan"]["median_ms"]
     print(f"| `{s}` | {f:.1f} ms | {i:.1f} ms | **{f / i:.2f}x** |")
 m = bench["machine"]
-print(f"({m['cpu']}, {m['arch']}, 1 thread, tract {m['tract']}; `scripts/int8_width.sh`)")
+kernel = os.environ.get("INT8_KERNEL", "auto")
+print(f"({m['cpu']}, {m['arch']}, 1 thread, tract {m['tract']}, int8 kernel {kernel}; `scripts/int8_width.sh`)")
 EOF

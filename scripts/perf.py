@@ -89,16 +89,16 @@ def count_flops(model, input_shape):
 class Tract:
     """`anovit bench --serve`: the plans, loaded once, timed on request."""
 
-    def __init__(self, exe, models, threads, input_path, recon_dir):
-        cmd = [str(exe), "bench", "--serve", "--threads", ",".join(map(str, threads)), "--input-out", str(input_path),
-               "--recon-out", str(recon_dir)]
+    def __init__(self, exe, models, threads, input_path, recon_dir, kernel="auto"):
+        cmd = [str(exe), "--int8-kernel", kernel, "bench", "--serve", "--threads", ",".join(map(str, threads)),
+               "--input-out", str(input_path), "--recon-out", str(recon_dir)]
         for m in models:
             cmd += ["--model", str(m)]
         self.p = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.p.stdout.readline()
         if not line:
             raise SystemExit("anovit bench --serve ended before it was ready (see its error above)")
-        self.configs = json.loads(line)["configs"]
+        self.configs = [{**c, "int8_kernel": kernel} for c in json.loads(line)["configs"]]
 
     def run(self, i, runs):
         self.p.stdin.write(f"{i} {runs}\n")
@@ -155,6 +155,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--runs", type=int, default=10, help="runs per configuration, engine and round")
     ap.add_argument("--frames", type=int, default=300, help="frames through the whole loop")
+    ap.add_argument("--int8-kernels", default="auto,wide",
+                    help="`anovit --int8-kernel` choices to time the int8 models with, one tract process each")
     ap.add_argument("--quick", action="store_true", help="few runs, nothing written to docs/ (a smoke test)")
     ap.add_argument("--out", default="docs", help="where PERF.md and perf.json go")
     a = ap.parse_args()
@@ -175,13 +177,20 @@ def main():
     flops = count_flops(onnx.load(str(onnx_files[0])), manifests[0]["input"]["shape"])
 
     # Plan latency, interleaved.
-    input_path = work / "input.f32"
-    recon_dir = work / "recon"
-    tract = Tract(exe, models, threads, input_path, recon_dir)
+    # One tract process per int8 kernel choice (tract reads it once per process): the first with
+    # every model, the others with the int8 models only.
+    kernels = a.int8_kernels.split(",")
+    int8_models = [m for m, man in zip(models, manifests) if man["model"]["precision"] == "int8"]
+    tracts = []
+    for k, kernel in enumerate(kernels):
+        ms = models if k == 0 else int8_models
+        if ms:
+            tracts.append(Tract(exe, ms, threads, work / f"input-{kernel}.f32", work / f"recon-{kernel}", kernel))
+    entries = [(t, i, c) for t in tracts for i, c in enumerate(t.configs)]
     shape = manifests[0]["input"]["shape"]
-    x = np.fromfile(input_path, dtype="<f4").reshape(shape)
+    x = np.fromfile(work / f"input-{kernels[0]}.f32", dtype="<f4").reshape(shape)
     sessions, feeds = [], []
-    for c in tract.configs:
+    for t, j, c in entries:
         i = [m.name for m in models].index(c["model"])
         s = ort_session(onnx_files[i], c["threads"])
         sessions.append(s)
@@ -190,29 +199,33 @@ def main():
         # Parity on the very input both engines are timed on: tract's reconstruction against
         # onnxruntime's (relative L2).
         want = s.run([manifests[i]["outputs"]["reconstruction"]], feeds[-1])[0].ravel()
-        got = np.fromfile(recon_dir / f"{len(sessions) - 1}.f32", dtype="<f4")
+        got = np.fromfile(work / f"recon-{c['int8_kernel']}" / f"{j}.f32", dtype="<f4")
         c["recon_rel_l2_vs_onnxruntime"] = float(np.linalg.norm(got - want) / np.linalg.norm(want))
-    samples = [{"tract": [], "onnxruntime": []} for _ in tract.configs]
+    samples = [{"tract": [], "onnxruntime": []} for _ in entries]
     for r in range(a.rounds):
-        for i, _ in enumerate(tract.configs):
+        for i, (t, j, _) in enumerate(entries):
             order = ["tract", "onnxruntime"] if (r + i) % 2 == 0 else ["onnxruntime", "tract"]
             for engine in order:
                 # A pause lets the other engine's worker threads stop spinning.
                 time.sleep(0.05)
-                t = tract.run(i, a.runs) if engine == "tract" else ort_times(sessions[i], feeds[i], a.runs)
-                samples[i][engine] += t
-    tract.close()
+                ms = t.run(j, a.runs) if engine == "tract" else ort_times(sessions[i], feeds[i], a.runs)
+                samples[i][engine] += ms
+    for t in tracts:
+        t.close()
     plans = []
-    for c, s in zip(tract.configs, samples):
+    for (_, _, c), s in zip(entries, samples):
         t, o = summary(s["tract"]), summary(s["onnxruntime"])
         plans.append({**c, "tract": t, "onnxruntime": o, "speed_vs_onnxruntime": o["median_ms"] / t["median_ms"]})
-        print(f"{c['model']} {c['threads']} thread(s): tract {t['median_ms']:.2f} ms, onnxruntime {o['median_ms']:.2f} ms, "
+        print(f"{label(c)} {c['threads']} thread(s): tract {t['median_ms']:.2f} ms, onnxruntime {o['median_ms']:.2f} ms, "
               f"tract speed / onnxruntime speed {o['median_ms'] / t['median_ms']:.2f}", flush=True)
     del sessions
 
     # Everything only the runtime has.
     bench_json = work / "bench.json"
-    cmd = [str(exe), "bench", "--threads", "1", "--json", str(bench_json), "--frames", str(a.frames),
+    # The profiles with the int8 kernel that ran faster above.
+    fast8 = fastest(plans, "int8", 1)
+    kernel = fast8["int8_kernel"] if fast8 else "auto"
+    cmd = [str(exe), "--int8-kernel", kernel, "bench", "--threads", "1", "--json", str(bench_json), "--frames", str(a.frames),
            "--rounds", "1", "--runs", "3"] + sum((["--model", str(m)] for m in models), [])
     if a.quick:
         cmd += ["--rss-parts", "20", "--profile", "3"]
@@ -248,6 +261,18 @@ def main():
     print(f"wrote {out / 'PERF.md'} and {out / 'perf.json'}")
 
 
+def label(p):
+    """A configuration's name in the tables: the model, and the int8 kernel where one was chosen."""
+    kernel = p.get("int8_kernel", "auto")
+    return p["model"] + (f", {kernel} int8 kernel" if p["precision"] == "int8" and kernel != "auto" else "")
+
+
+def fastest(plans, precision, threads):
+    """The configuration of that precision and thread count tract ran fastest."""
+    ps = [p for p in plans if p["precision"] == precision and p["threads"] == threads]
+    return min(ps, key=lambda p: p["tract"]["median_ms"]) if ps else None
+
+
 def render(f):
     m, peak, loop = f["machine"], f["peak_gflops_one_core"], f["loop"]
     gflop = f["flops_per_frame"] / 1e9
@@ -272,10 +297,10 @@ def render(f):
     ]
     for p in f["plan"]:
         t, o = p["tract"], p["onnxruntime"]
-        lines.append(f"| {p['model']} ({p['precision']}) | {p['threads']} | {t['median_ms']:.2f} ms | {t['p99_ms']:.2f} ms | "
+        lines.append(f"| {label(p)} ({p['precision']}) | {p['threads']} | {t['median_ms']:.2f} ms | {t['p99_ms']:.2f} ms | "
                      f"{o['median_ms']:.2f} ms | {o['p99_ms']:.2f} ms | {p['speed_vs_onnxruntime']:.2f} |")
-    lines += ["", *int8_speedup(f["plan"])]
-    parity = [f"{p['model']} {p['threads']} thread(s) {p['recon_rel_l2_vs_onnxruntime']:.1e}"
+    lines += ["", *headline(f["plan"]), *int8_speedup(f["plan"])]
+    parity = [f"{label(p)} {p['threads']} thread(s) {p['recon_rel_l2_vs_onnxruntime']:.1e}"
               for p in f["plan"] if "recon_rel_l2_vs_onnxruntime" in p]
     if parity:
         lines.append("- Parity on that same input, tract's reconstruction against onnxruntime's (relative L2; int8: "
@@ -293,9 +318,10 @@ def render(f):
     ]
     for p in f["plan"]:
         if p["threads"] == 1:
-            for eng in ("tract", "onnxruntime"):
+            # A second int8 kernel is tract's alone (onnxruntime was timed again beside it).
+            for eng in ("tract", "onnxruntime")[: 1 if label(p) != p["model"] else 2]:
                 med = p[eng]["median_ms"]
-                lines.append(f"| {eng}, {p['model']} | {med:.2f} ms | {100 * floor_ms / med:.0f} % |")
+                lines.append(f"| {eng}, {label(p)} | {med:.2f} ms | {100 * floor_ms / med:.0f} % |")
     lines += [
         "",
         "## The whole loop (`anovit bench`, f32 plan, 1 thread, capture in the loop: the default)",
@@ -340,12 +366,29 @@ def render(f):
     return "\n".join(lines)
 
 
-def int8_speedup(plans):
-    """Each engine's int8 speed over its f32 speed, per thread count, from the same interleaved runs."""
-    by = {(p["precision"], p["threads"]): p for p in plans}
+def headline(plans):
+    """The issue's measure: tract against onnxruntime for the faster of tract's f32 and int8, per
+    thread count, with the int8 kernel that was faster."""
     out = []
     for threads in sorted({p["threads"] for p in plans}):
-        f32, int8 = by.get(("f32", threads)), by.get(("int8", threads))
+        best = min((p for p in plans if p["threads"] == threads), key=lambda p: p["tract"]["median_ms"])
+        out.append(f"- Faster of tract's f32 and int8 at {threads} thread(s): {label(best)} ({best['precision']}), "
+                   f"**{best['speed_vs_onnxruntime']:.2f}x** onnxruntime's speed on the same model.")
+    for threads in sorted({p["threads"] for p in plans}):
+        ks = {p.get("int8_kernel", "auto"): p for p in plans if p["precision"] == "int8" and p["threads"] == threads}
+        if len(ks) > 1 and "auto" in ks:
+            others = ", ".join(f"{k} {p['tract']['median_ms']:.2f} ms" for k, p in ks.items() if k != "auto")
+            out.append(f"- int8 kernel, {threads} thread(s): tract's own choice {ks['auto']['tract']['median_ms']:.2f} ms, "
+                       f"{others} (`anovit --int8-kernel`, docs/DEPLOY.md).")
+    return out
+
+
+def int8_speedup(plans):
+    """Each engine's int8 speed over its f32 speed, per thread count, from the same interleaved runs
+    (tract's faster int8 kernel)."""
+    out = []
+    for threads in sorted({p["threads"] for p in plans}):
+        f32, int8 = fastest(plans, "f32", threads), fastest(plans, "int8", threads)
         if f32 and int8:
             speed = {eng: f32[eng]["median_ms"] / int8[eng]["median_ms"] for eng in ("tract", "onnxruntime")}
             out.append(f"- int8 over f32, {threads} thread(s): tract **{speed['tract']:.2f}x**, onnxruntime "
@@ -367,10 +410,7 @@ def analysis(f):
         ms = sum(o["ms"] for o in f["profile"][eng]["ops"] if o["op"].split(" (")[0] in PRODUCT_OPS[eng])
         rates[eng] = (ms, gflop / ms * 1e3 if ms else 0.0)
     t_ops = {o["op"]: o for o in f["profile"]["tract"]["ops"]}
-    best = {}
-    for p in f["plan"]:
-        if p["threads"] == 1:
-            best[p["precision"]] = p
+    best = {prec: fastest(f["plan"], prec, 1) for prec in ("f32", "int8") if fastest(f["plan"], prec, 1)}
     loop, ahead = f["loop"], f.get("loop_prefetch")
     rest = {eng: sum(o["ms"] for o in f["profile"][eng]["ops"]) - rates[eng][0] for eng in rates}
     out = [
@@ -382,8 +422,8 @@ def analysis(f):
         f"and transposed convolutions'), {rates['tract'][1]:.0f} GFLOP/s or {100 * rates['tract'][1] / peak:.0f} % of "
         f"the core's peak; onnxruntime {rates['onnxruntime'][0]:.1f} ms in Gemm/MatMul/Conv/ConvTranspose (its "
         f"ConvTranspose includes the overlap-add), {rates['onnxruntime'][1]:.0f} GFLOP/s ({100 * rates['onnxruntime'][1] / peak:.0f} %). "
-        "No setting of tract 0.23.9 moved its kernels (forcing the AVX2 kernels with `TRACT_CPU_ISA=-avx512f`, or "
-        "`TRACT_AVX512_FMA_UNITS=2`, changed nothing measurable).",
+        "No setting of tract 0.23.9 moved its f32 kernels (forcing the AVX2 kernels with `TRACT_CPU_ISA=-avx512f`, or "
+        "`TRACT_AVX512_FMA_UNITS=2`, changed nothing measurable); its int8 kernel is a choice (`--int8-kernel`, above).",
         f"- **Everything else**: tract {rest['tract']:.1f} ms, onnxruntime {rest['onnxruntime']:.1f} ms. tract's share of "
         "it is in the operators below; onnxruntime fuses LayerNorm, the attention's scaling and the products' packing "
         "into its kernels.",
@@ -403,6 +443,13 @@ def analysis(f):
             f"(its vector kernels need a row length that is a multiple of 16). The f32 plan with tract's own lowering "
             f"ran at a median {plan_own:.2f} ms in its run (with anovit's: {best['f32']['tract']['median_ms']:.2f} ms "
             "above).")
+        fused = ", ".join(f"`{k}` {mine[k]:.2f} ms" for k in ("LayerNorm", "Gelu", "SoftmaxRows") if k in mine)
+        theirs = ", ".join(f"`{k}` {o_ops[k]:.2f} ms" for k in ("RmsNorm", "Reduce<Sum>", "Softmax", "Tanh", "Square")
+                           if k in o_ops)
+        if fused:
+            out.append(f"- **Fused at load** (`src/fuse.rs`: LayerNorm, the tanh GELU and the attention's softmax each one "
+                       f"operator): {fused}; tract's own lowering of the same runs, among others, {theirs} and the "
+                       "GELU's and LayerNorm's scale-and-shift chains.")
     extra = [f"`{k}` {t_ops[k]['ms']:.2f} ms" for k in ("OptMatMulPack",) if k in t_ops]
     if extra:
         out.append(f"- Then the packing of activations before each product ({', '.join(extra)}), tract-core's.")
@@ -410,9 +457,9 @@ def analysis(f):
         t8, t32 = best["int8"]["tract"]["median_ms"], best["f32"]["tract"]["median_ms"]
         line = (f"- **int8**: tract {t8:.1f} ms against {t32:.1f} ms for f32 ({t32 / t8:.2f}x; onnxruntime "
                 f"{best['f32']['onnxruntime']['median_ms'] / best['int8']['onnxruntime']['median_ms']:.2f}x). Every "
-                "weight product but the patch embedding runs as integers: the encoder's from onnxruntime's file "
-                "(`src/quant.rs`), the decoder's with activations quantised per frame (`src/deconv.rs`; onnxruntime "
-                "keeps its decoder f32)")
+                "weight product but the patch embedding and the decoder's last stage runs as integers: the encoder's "
+                "from onnxruntime's file (`src/quant.rs`), the decoder's with activations quantised per frame "
+                "(`src/deconv.rs`; onnxruntime keeps its decoder f32; the last stage, 32 channels in, is faster in f32)")
         parts = {p["precision"]: {o["op"]: o["ms"] for o in p["ops"]} for p in f.get("profiles_tract", [])}
         if {"f32", "int8"} <= parts.keys():
             enc = [parts[k].get("OptMatMul (blocks)", 0.0) for k in ("f32", "int8")]

@@ -57,22 +57,50 @@ crate::simd::multiversion! {
     }
 }
 
+/// Calls `f(r, offset, len)` for each row `r` (last-axis run) of a tensor of `shape`, with the
+/// slice `offset..offset + len` of a tensor of `small` shape that broadcasts onto that row (same
+/// rank, each axis `shape`'s or 1; `len` is 1 when the last axis broadcasts).
+pub(crate) fn for_each_row(
+    shape: &[usize],
+    small: &[usize],
+    mut f: impl FnMut(usize, usize, usize),
+) -> TractResult<()> {
+    let rank = shape.len();
+    ensure!(small.len() == rank, "broadcast: ranks differ");
+    let last = shape.last().copied().unwrap_or(1).max(1);
+    let small_last = small.last().copied().unwrap_or(1);
+    // The small operand's strides, 0 along its broadcast axes.
+    let mut strides = vec![0usize; rank];
+    let mut acc = 1;
+    for ax in (0..rank).rev() {
+        if small[ax] != 1 {
+            strides[ax] = acc;
+        }
+        acc *= small[ax];
+    }
+    let rows = shape.iter().product::<usize>() / last;
+    let mut index = vec![0usize; rank.saturating_sub(1)];
+    for r in 0..rows {
+        if r > 0 {
+            // Next row's index over the leading axes.
+            for ax in (0..index.len()).rev() {
+                index[ax] += 1;
+                if index[ax] < shape[ax] {
+                    break;
+                }
+                index[ax] = 0;
+            }
+        }
+        let off: usize = index.iter().zip(&strides).map(|(i, s)| i * s).sum();
+        f(r, off, small_last);
+    }
+    Ok(())
+}
+
 impl BroadcastBin {
     fn apply(&self, big: &Tensor, small: &Tensor) -> TractResult<Tensor> {
         let shape = big.shape();
-        let rank = shape.len();
-        ensure!(small.rank() == rank, "BroadcastBin: ranks differ");
-        let last = shape.last().copied().unwrap_or(1);
-        let small_last = small.shape().last().copied().unwrap_or(1);
-        // The small operand's strides, 0 along its broadcast axes.
-        let mut strides = vec![0usize; rank];
-        let mut acc = 1;
-        for ax in (0..rank).rev() {
-            if small.shape()[ax] != 1 {
-                strides[ax] = acc;
-            }
-            acc *= small.shape()[ax];
-        }
+        let last = shape.last().copied().unwrap_or(1).max(1);
         let big_ram = big.try_as_plain_ram()?;
         let (bv, sv) = (big_ram.as_slice::<f32>()?, small.try_as_plain_ram()?);
         let sv = sv.as_slice::<f32>()?;
@@ -80,21 +108,10 @@ impl BroadcastBin {
         {
             let mut o = out.try_as_plain_ram_mut()?;
             let o = o.as_slice_mut::<f32>()?;
-            let mut index = vec![0usize; rank.saturating_sub(1)];
-            for (r, (orow, brow)) in o.chunks_exact_mut(last.max(1)).zip(bv.chunks_exact(last.max(1))).enumerate() {
-                if r > 0 {
-                    // Next row's index over the leading axes.
-                    for ax in (0..index.len()).rev() {
-                        index[ax] += 1;
-                        if index[ax] < shape[ax] {
-                            break;
-                        }
-                        index[ax] = 0;
-                    }
-                }
-                let off: usize = index.iter().zip(&strides).map(|(i, s)| i * s).sum();
-                row(self.op, orow, brow, &sv[off..off + small_last]);
-            }
+            for_each_row(shape, small.shape(), |r, off, len| {
+                let a = r * last;
+                row(self.op, &mut o[a..a + last], &bv[a..a + last], &sv[off..off + len]);
+            })?;
         }
         Ok(out)
     }

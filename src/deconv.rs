@@ -4,14 +4,17 @@
 //! tap) and its `DeconvSum`, which adds the columns into the output one element at a time
 //! (12 % of the edge model's f32 frame). Both operators are tract-core's own: `DeconvSum` is
 //! private and takes only what the f32 product gives, so an int8 decoder cannot be built from
-//! them. [`rewrite`] wires the same product and [`OverlapAdd`], which adds whole input rows into
-//! phase-split output rows with vector passes and, in int8 plans, reads the product's i32
+//! them. [`rewrite`] wires the same product and [`OverlapAdd`], which adds each kernel tap's whole
+//! input plane into a phase of the output (or, for geometries where a phase is wider than an input
+//! row, input rows into phase-split output rows) with vector passes and, in int8 plans, reads the
+//! product's i32
 //! accumulators directly: the activations' zero point and both scales are applied in the same
 //! pass, so the int8 decoder costs no extra pass over its largest tensors.
 //!
-//! int8 (`rewrite(.., true)`): the weights are quantised here, symmetric per output row (one
-//! output channel and kernel tap); the activations per run ([`crate::quant::DynamicRange`]),
-//! as the decoder's inputs have no calibrated range in onnxruntime's file.
+//! int8 (`rewrite(.., Some(INT8_MIN_INNER))`): the weights are quantised here, symmetric per
+//! output row (one output channel and kernel tap); the activations per run
+//! ([`crate::quant::DynamicRange`]), as the decoder's inputs have no calibrated range in
+//! onnxruntime's file. A stage with fewer input channels than [`INT8_MIN_INNER`] stays f32.
 
 use tract_core::internal::*;
 use tract_core::ops::cnn::{Deconv, KernelFormat, PaddingSpec};
@@ -42,6 +45,9 @@ pub struct OverlapAdd {
     pub output: [usize; 2],
     /// Whether the columns are i32 accumulators (five inputs) or f32 (two).
     pub quantized: bool,
+    /// Whether the ReLU after it is folded in (`src/fuse.rs`, at load: never in a plan file).
+    /// A NaN stays NaN.
+    pub relu: bool,
 }
 
 /// Per-row `value = acc * factor + offset`.
@@ -69,6 +75,32 @@ struct Plane<'a, T> {
     factor: &'a [f32],
     offset: &'a [f32],
     bias: f32,
+    /// Outputs below it become it: 0 for a folded ReLU, else -inf. `v < low` is false for a NaN,
+    /// so NaN passes.
+    low: f32,
+}
+
+impl<T> Plane<'_, T> {
+    #[inline(always)]
+    fn finish(&self, v: f32) -> f32 {
+        let v = v + self.bias;
+        if v < self.low {
+            self.low
+        } else {
+            v
+        }
+    }
+}
+
+/// Rows of output phase `a` (outputs `a, a + s, ...` below `out`).
+fn phase_len(out: usize, s: usize, a: usize) -> usize {
+    out.saturating_sub(a).div_ceil(s)
+}
+
+/// Where kernel tap `k` lands along one axis: output `(input + shift) * s + phase`.
+fn tap(k: usize, pad: usize, s: usize) -> (usize, isize) {
+    let t = k as isize - pad as isize;
+    (t.rem_euclid(s as isize) as usize, t.div_euclid(s as isize))
 }
 
 impl OverlapAdd {
@@ -116,18 +148,108 @@ impl OverlapAdd {
             if sx == 2 {
                 let (even, odd) = scratch.split_at(len);
                 for (i, pair) in row.chunks_mut(2).enumerate() {
-                    pair[0] = even[i] + p.bias;
+                    pair[0] = p.finish(even[i]);
                     if let Some(v) = pair.get_mut(1) {
-                        *v = odd[i] + p.bias;
+                        *v = p.finish(odd[i]);
                     }
                 }
             } else {
                 for (ox, v) in row.iter_mut().enumerate() {
-                    *v = scratch[(ox % sx) * len + ox / sx] + p.bias;
+                    *v = p.finish(scratch[(ox % sx) * len + ox / sx]);
                 }
             }
         }
         debug_assert_eq!(out.len(), oh * ow);
+    }
+
+    /// Whether [`Self::plane_blocks`] handles this geometry: no output phase wider than an input
+    /// row, no column shift as long as a row.
+    fn blocks_fit(&self) -> bool {
+        let ([_, kw], [_, sx], [_, w], [_, ow]) = (self.kernel, self.stride, self.input, self.output);
+        (0..sx).all(|b| phase_len(ow, sx, b) <= w) && (0..kw).all(|kx| tap(kx, self.pad[1], sx).1.unsigned_abs() < w)
+    }
+
+    /// Scratch for [`Self::plane_blocks`]: every output phase as rows of `w` with a spare row
+    /// above and below, then room for the values a shifted block add must not touch.
+    fn blocks_scratch(&self) -> usize {
+        let ([sy, sx], [h, w]) = (self.stride, self.input);
+        sy * sx * (phase_len(self.output[0], sy, 0) + 2) * w + h * w
+    }
+
+    /// One output plane, as [`Self::plane`] computes it, with one add per kernel tap over the
+    /// whole input plane: output phase `(oy % sy, ox % sx)` is kept as rows of the input's width,
+    /// so a tap's input rows land on consecutive phase rows and the add is one contiguous slice
+    /// (the decoder's first stages have 14- and 28-pixel rows, too short to vectorise row by
+    /// row). A tap shifted by `dx` columns pushes `|dx|` values per row into the neighbouring
+    /// row; those slots are saved before the add and restored after it. Then the phases are
+    /// interleaved into the plane.
+    #[inline(always)]
+    fn plane_blocks<T: Acc>(&self, p: &Plane<T>, out: &mut [f32], scratch: &mut [f32]) {
+        let ([kh, kw], [sy, sx], [py, px]) = (self.kernel, self.stride, self.pad);
+        let ([h, w], [oh, ow]) = (self.input, self.output);
+        let per_phase = (phase_len(oh, sy, 0) + 2) * w;
+        let (phases, save) = scratch.split_at_mut(sy * sx * per_phase);
+        phases.iter_mut().for_each(|v| *v = 0.0);
+        let wi = w as isize;
+        for ky in 0..kh {
+            let (a, dy) = tap(ky, py, sy);
+            let (iy0, iy1) = ((-dy).max(0), (h as isize).min(phase_len(oh, sy, a) as isize - dy));
+            if iy0 >= iy1 {
+                continue;
+            }
+            for kx in 0..kw {
+                let (b, dx) = tap(kx, px, sx);
+                let r = ky * kw + kx;
+                let buf = &mut phases[(a * sx + b) * per_phase..][..per_phase];
+                let src = &p.cols[r * h * w..][iy0 as usize * w..iy1 as usize * w];
+                // Phase row of input row iy: iy + dy, after the spare row.
+                let wraps = |iy: isize| {
+                    let row = (iy + dy + 1) * wi;
+                    if dx > 0 {
+                        row + wi..row + wi + dx
+                    } else {
+                        row + dx..row
+                    }
+                };
+                let mut n = 0;
+                for iy in iy0..iy1 {
+                    for k in wraps(iy) {
+                        save[n] = buf[k as usize];
+                        n += 1;
+                    }
+                }
+                let start = ((iy0 + dy + 1) * wi + dx) as usize;
+                let (f, o) = (p.factor[r], p.offset[r]);
+                for (d, s) in buf[start..start + src.len()].iter_mut().zip(src) {
+                    *d += s.f32() * f + o;
+                }
+                n = 0;
+                for iy in iy0..iy1 {
+                    for k in wraps(iy) {
+                        buf[k as usize] = save[n];
+                        n += 1;
+                    }
+                }
+            }
+        }
+        for (oy, row) in out.chunks_exact_mut(ow).enumerate() {
+            let at = |b: usize| ((oy % sy) * sx + b) * per_phase + (oy / sy + 1) * w;
+            if sx == 2 {
+                let (even, odd) = (&phases[at(0)..][..w], &phases[at(1)..][..w]);
+                let mut pairs = row.chunks_exact_mut(2);
+                for (pair, (e, o)) in (&mut pairs).zip(even.iter().zip(odd)) {
+                    pair[0] = p.finish(*e);
+                    pair[1] = p.finish(*o);
+                }
+                if let [last] = pairs.into_remainder() {
+                    *last = p.finish(even[ow / 2]);
+                }
+            } else {
+                for (ox, v) in row.iter_mut().enumerate() {
+                    *v = p.finish(phases[at(ox % sx) + ox / sx]);
+                }
+            }
+        }
     }
 
     fn run<T: Planes + Datum>(&self, inputs: &[TValue], factor: &[f32], offset: &[f32]) -> TractResult<Tensor> {
@@ -142,8 +264,10 @@ impl OverlapAdd {
         {
             let mut o = out.try_as_plain_ram_mut()?;
             let o = o.as_slice_mut::<f32>()?;
+            let blocks = self.blocks_fit();
             SCRATCH.with_borrow_mut(|scratch| {
-                scratch.resize(self.stride[1] * ow.div_ceil(self.stride[1]), 0.0);
+                let len = if blocks { self.blocks_scratch() } else { self.stride[1] * ow.div_ceil(self.stride[1]) };
+                scratch.resize(len, 0.0);
                 for (i, plane) in o.chunks_exact_mut(oh * ow).enumerate() {
                     let c = i % self.channels;
                     let rows = c * self.kernel[0] * self.kernel[1]..(c + 1) * self.kernel[0] * self.kernel[1];
@@ -152,8 +276,9 @@ impl OverlapAdd {
                         factor: &factor[rows.clone()],
                         offset: &offset[rows],
                         bias: bias[if bias.len() == 1 { 0 } else { c }],
+                        low: if self.relu { 0.0 } else { f32::NEG_INFINITY },
                     };
-                    T::planes(self, &p, plane, scratch);
+                    T::planes(self, &p, plane, scratch, blocks);
                 }
             });
         }
@@ -167,31 +292,32 @@ thread_local! {
 }
 
 /// The plane loop compiled per vector width (`simd::multiversion!`), per column type.
+/// (`blocks`: [`OverlapAdd::plane_blocks`], else [`OverlapAdd::plane`].)
 trait Planes: Acc + Sized {
-    fn planes(op: &OverlapAdd, p: &Plane<Self>, out: &mut [f32], scratch: &mut [f32]);
+    fn planes(op: &OverlapAdd, p: &Plane<Self>, out: &mut [f32], scratch: &mut [f32], blocks: bool);
 }
 
 crate::simd::multiversion! {
-    fn planes_f32(op: &OverlapAdd, p: &Plane<f32>, out: &mut [f32], scratch: &mut [f32]) {
-        op.plane(p, out, scratch)
+    fn planes_f32(op: &OverlapAdd, p: &Plane<f32>, out: &mut [f32], scratch: &mut [f32], blocks: bool) {
+        if blocks { op.plane_blocks(p, out, scratch) } else { op.plane(p, out, scratch) }
     }
 }
 
 crate::simd::multiversion! {
-    fn planes_i32(op: &OverlapAdd, p: &Plane<i32>, out: &mut [f32], scratch: &mut [f32]) {
-        op.plane(p, out, scratch)
+    fn planes_i32(op: &OverlapAdd, p: &Plane<i32>, out: &mut [f32], scratch: &mut [f32], blocks: bool) {
+        if blocks { op.plane_blocks(p, out, scratch) } else { op.plane(p, out, scratch) }
     }
 }
 
 impl Planes for f32 {
-    fn planes(op: &OverlapAdd, p: &Plane<f32>, out: &mut [f32], scratch: &mut [f32]) {
-        planes_f32(op, p, out, scratch)
+    fn planes(op: &OverlapAdd, p: &Plane<f32>, out: &mut [f32], scratch: &mut [f32], blocks: bool) {
+        planes_f32(op, p, out, scratch, blocks)
     }
 }
 
 impl Planes for i32 {
-    fn planes(op: &OverlapAdd, p: &Plane<i32>, out: &mut [f32], scratch: &mut [f32]) {
-        planes_i32(op, p, out, scratch)
+    fn planes(op: &OverlapAdd, p: &Plane<i32>, out: &mut [f32], scratch: &mut [f32], blocks: bool) {
+        planes_i32(op, p, out, scratch, blocks)
     }
 }
 
@@ -315,6 +441,7 @@ fn plan_for(model: &TypedModel, node: &TypedNode) -> Option<(OverlapAdd, Arc<Ten
             input: [x[2], x[3]],
             output: [y[2], y[3]],
             quantized: false,
+            relu: false,
         };
         (op, kernel, bias)
     })
@@ -350,10 +477,18 @@ fn quantize_rows(a: &[f32], k: usize) -> (Vec<i8>, Vec<f32>, Vec<i32>) {
     (q, steps, sums)
 }
 
+/// The shortest inner dimension (input channels) an int8 model's transposed convolution is
+/// quantised at. Below it tract's integer product gains less than quantising the activations and
+/// packing them costs: the demo decoder's last stage (32 channels in) took 1.17 ms in integers
+/// against 1.00 ms in f32 (`anovit bench --profile`), while the stages with 64-192 channels in
+/// gain 0.4-0.8 ms each.
+pub const INT8_MIN_INNER: usize = 64;
+
 /// Rewrites every `Deconv` of the handled form (see `plan_for`) into a product and an
-/// [`OverlapAdd`]: f32, or with `int8` an integer product on dynamically quantised activations.
-/// Returns how many were rewritten; none under `ANOVIT_TRACT_OPS` ([`crate::model::tract_ops_only`]).
-pub fn rewrite(model: &mut TypedModel, int8: bool) -> TractResult<usize> {
+/// [`OverlapAdd`]: f32, or, with `int8_from: Some(k)`, an integer product on dynamically quantised
+/// activations wherever the product's inner dimension is `k` or more. Returns how many were
+/// rewritten; none under `ANOVIT_TRACT_OPS` ([`crate::model::tract_ops_only`]).
+pub fn rewrite(model: &mut TypedModel, int8_from: Option<usize>) -> TractResult<usize> {
     if crate::model::tract_ops_only() {
         return Ok(0);
     }
@@ -369,7 +504,7 @@ pub fn rewrite(model: &mut TypedModel, int8: bool) -> TractResult<usize> {
         let x = patch.tap_model(model, node.inputs[0])?;
         let flat = AxisOp::Reshape(2, tvec![h.to_dim(), w.to_dim()], tvec![(h * w).to_dim()]);
         let bias = patch.add_const(format!("{name}.bias"), bias.clone().into_tensor().into_shape(&[bias.len()])?)?;
-        let y = if int8 {
+        let y = if int8_from.is_some_and(|min| k >= min) {
             op.quantized = true;
             let (q, steps, sums) = quantize_rows(&a, k);
             let range = patch.wire_node(format!("{name}.range"), DynamicRange, &[x])?[0];
@@ -402,6 +537,7 @@ pub fn rewrite(model: &mut TypedModel, int8: bool) -> TractResult<usize> {
 pub fn register(reg: &mut nnef::Registry) {
     use nnef::TypeName;
     reg.register_dumper(|ast, node, op: &OverlapAdd| {
+        ensure!(!op.relu, "OverlapAdd with a folded ReLU is a load-time fusion and has no NNEF form");
         let inputs: Vec<_> = node.inputs.iter().map(|i| ast.mapping[i].clone()).collect();
         let id = if op.quantized { "anovit_overlap_add_q" } else { "anovit_overlap_add" };
         Ok(Some(nnef::invocation(
@@ -453,7 +589,7 @@ fn de_overlap_add(
     let (kernel, stride, pad, input, output) =
         (pair("kernel")?, pair("stride")?, pair("padding")?, pair("input_size")?, pair("output_size")?);
     let channels = invocation.named_arg_as::<i64>(builder, "channels")? as usize;
-    let op = OverlapAdd { channels, kernel, stride, pad, input, output, quantized };
+    let op = OverlapAdd { channels, kernel, stride, pad, input, output, quantized, relu: false };
     let names: &[&str] =
         if quantized { &["columns", "bias", "range", "kernel_steps", "kernel_sums"] } else { &["columns", "bias"] };
     let inputs: TVec<OutletId> =
@@ -532,9 +668,24 @@ mod tests {
         let (model, x) = deconv_model(case, seed);
         let want = run(model.clone(), &x);
         let mut ours = model.into_decluttered().unwrap();
-        assert_eq!(rewrite(&mut ours, int8).unwrap(), 1);
+        assert_eq!(rewrite(&mut ours, int8.then_some(1)).unwrap(), 1);
         assert!(ours.nodes.iter().any(|n| n.op_is::<OverlapAdd>()) && !ours.nodes.iter().any(|n| n.op_is::<Deconv>()));
         (want, run(ours, &x), x)
+    }
+
+    #[test]
+    fn the_cases_take_both_plane_paths() {
+        // Whole-plane block adds where every output phase fits an input row's width; the
+        // row-by-row path for the stride-3 case, whose phase 0 is 7 columns from 6.
+        let fits: Vec<bool> = cases()
+            .iter()
+            .map(|c| {
+                let (model, _) = deconv_model(c, 1);
+                let node = model.nodes.iter().find(|n| n.op_is::<Deconv>()).unwrap();
+                plan_for(&model, node).unwrap().0.blocks_fit()
+            })
+            .collect();
+        assert_eq!(fits, [true, true, true, false, true]);
     }
 
     #[test]
@@ -633,7 +784,7 @@ mod tests {
         for int8 in [false, true] {
             let (model, x) = deconv_model(case, 7);
             let mut ours = model.into_decluttered().unwrap();
-            rewrite(&mut ours, int8).unwrap();
+            rewrite(&mut ours, int8.then_some(1)).unwrap();
             let nnef = crate::model::nnef();
             let mut buf = vec![];
             nnef.write_to_tar(&ours, &mut buf).unwrap();
@@ -649,10 +800,39 @@ mod tests {
         let case = &cases()[0];
         let (model, x) = deconv_model(case, 5);
         let mut ours = model.into_decluttered().unwrap();
-        rewrite(&mut ours, true).unwrap();
+        rewrite(&mut ours, Some(1)).unwrap();
         let mut x = x;
         x.try_as_plain_ram_mut().unwrap().as_slice_mut::<f32>().unwrap()[17] = f32::NAN;
         assert!(run(ours, &x).iter().all(|v| v.is_nan()));
+    }
+
+    /// The decoder's stage with its ReLU, the ReLU folded in at load (`src/fuse.rs`).
+    #[test]
+    fn a_folded_relu_equals_the_relu_after_it_and_keeps_nan() {
+        for int8 in [false, true] {
+            let (model, x) = deconv_model(&cases()[0], 9);
+            let mut with_relu = model.clone();
+            let y = with_relu.output_outlets().unwrap()[0];
+            let zero = with_relu.add_const("zero", tensor0(0f32).broadcast_into_rank(4).unwrap()).unwrap();
+            let r = with_relu.wire_node("relu", tract_core::ops::math::max(), &[y, zero]).unwrap();
+            with_relu.select_output_outlets(&r).unwrap();
+            let want = run(with_relu.clone(), &x);
+            let mut ours = with_relu.into_decluttered().unwrap();
+            rewrite(&mut ours, int8.then_some(1)).unwrap();
+            let fused = crate::fuse::rewrite(&mut ours).unwrap();
+            assert_eq!(fused.folded, 1);
+            assert!(ours.nodes.iter().any(|n| n.op_as::<OverlapAdd>().is_some_and(|op| op.relu)));
+            let got = run(ours.clone(), &x);
+            assert!(want.contains(&0.0) && want.iter().any(|v| *v > 0.0));
+            let tol = if int8 { 0.05 } else { 1e-5 };
+            for (g, w) in got.iter().zip(&want) {
+                assert!(*g >= 0.0 && (g - w).abs() <= tol * (1.0 + w.abs()), "{g} vs {w}");
+            }
+            let mut bad = x.clone();
+            bad.try_as_plain_ram_mut().unwrap().as_slice_mut::<f32>().unwrap()[3] = f32::NAN;
+            let out = run(ours, &bad);
+            assert!(out.iter().any(|v| v.is_nan()), "int8 {int8}: a NaN input is not hidden by the ReLU");
+        }
     }
 
     #[test]

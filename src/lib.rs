@@ -23,6 +23,7 @@ pub mod ejector;
 pub mod error;
 pub mod evaluate;
 pub mod fleet;
+pub mod fuse;
 pub mod golden;
 #[cfg(feature = "hw-gpio")]
 pub mod gpio;

@@ -16,7 +16,7 @@ use anovit::decision::{AlarmPolicy, Decider};
 use anovit::display::MemoryFramebuffer;
 use anovit::ejector::{Base, BeltPosition, Ejector, EjectorThread, PartTracker, Placement, Watermark};
 use anovit::evaluate::{evaluate, score_files, EvalOptions, FrameScorer};
-use anovit::model::Model;
+use anovit::model::{Int8Kernel, Model};
 use anovit::pipeline::{AlarmOutput, Inspector, Outcome, Outputs};
 use anovit::preprocess::Preprocessor;
 use anovit::scoring::Scorer;
@@ -36,8 +36,20 @@ struct Cli {
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Which AVX-512 VNNI kernel int8 products use on x86-64: tract's choice, the 8x8 or the
+    /// 16x16 one (`anovit bench --int8-kernel narrow` and `wide` say which is faster here;
+    /// docs/DEPLOY.md).
+    #[arg(long, global = true, value_enum, default_value_t = Int8KernelArg::Auto)]
+    int8_kernel: Int8KernelArg,
     #[command(subcommand)]
     cmd: Option<Cmd>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Int8KernelArg {
+    Auto,
+    Narrow,
+    Wide,
 }
 
 #[derive(Subcommand)]
@@ -350,6 +362,11 @@ fn main() -> ExitCode {
         0 => log::LevelFilter::Info,
         1 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
+    });
+    anovit::model::set_int8_kernel(match cli.int8_kernel {
+        Int8KernelArg::Auto => Int8Kernel::Auto,
+        Int8KernelArg::Narrow => Int8Kernel::Narrow,
+        Int8KernelArg::Wide => Int8Kernel::Wide,
     });
     let r = match cli.cmd {
         Some(Cmd::Run(a)) => run(a),

@@ -38,6 +38,31 @@ pub fn tract_ops_only() -> bool {
     std::env::var_os("ANOVIT_TRACT_OPS").is_some()
 }
 
+/// Which of tract's AVX-512 VNNI kernels int8 products use on x86-64 (nothing changes elsewhere).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int8Kernel {
+    /// tract's choice: the 16x16 zmm kernel only where its probe counts two 512-bit FMA ports.
+    Auto,
+    /// The 8x8 ymm kernel.
+    Narrow,
+    /// The 16x16 zmm kernel for products of 16 rows and columns or more.
+    Wide,
+}
+
+/// Chooses the int8 kernel (`TRACT_AVX512_FMA_UNITS` through tract's knob API). tract reads it
+/// once, at the first int8 product it lowers, so this must come before any model is loaded. Why it
+/// is a setting: tract's probe counts one 512-bit port on this project's AMD EPYC host, which
+/// picks the narrow kernel, and the wide one ran the demo int8 plan 1.1x faster there
+/// (docs/PERF.md measures both); on Intel parts with one port tract measured the opposite.
+pub fn set_int8_kernel(kernel: Int8Kernel) {
+    let units = match kernel {
+        Int8Kernel::Auto => return,
+        Int8Kernel::Narrow => "1",
+        Int8Kernel::Wide => "2",
+    };
+    tract_core::tract_linalg::knobs::TRACT_AVX512_FMA_UNITS.set(Some(units.to_string()));
+}
+
 fn tract_err(path: &Path) -> impl Fn(anyhow::Error) -> Error + '_ {
     move |e| Error::Model { path: path.to_path_buf(), why: format!("{e:#}") }
 }
@@ -107,7 +132,7 @@ fn load_onnx(path: &Path, m: &Manifest) -> Result<TypedModel> {
     if m.model.precision != "int8" {
         // The decoder's transposed convolutions with our overlap-add (src/deconv.rs).
         let mut typed = typed.into_decluttered().map_err(&err)?;
-        let n = crate::deconv::rewrite(&mut typed, false).map_err(&err)?;
+        let n = crate::deconv::rewrite(&mut typed, None).map_err(&err)?;
         log::debug!("{n} transposed convolutions with anovit's overlap-add");
         return Ok(typed);
     }
@@ -179,6 +204,11 @@ impl Model {
         let s = &bundle.manifest.input.shape;
         let shape = [s[0], s[1], s[2], s[3]];
         let optimised = |typed: TypedModel| -> TractResult<TypedModel> {
+            // The encoder's element-wise chains as single operators (src/fuse.rs); they are
+            // matched in the decluttered form.
+            let mut typed = typed.into_decluttered()?;
+            let fused = crate::fuse::rewrite(&mut typed)?;
+            log::debug!("fused: {fused:?}");
             let mut m = typed.into_optimized()?;
             // Broadcasts tract leaves to its generic loop (src/broadcast.rs).
             crate::broadcast::rewrite(&mut m)?;

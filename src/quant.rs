@@ -462,14 +462,13 @@ fn per_channel_bias(
 pub fn rewrite_int8(model: TypedModel) -> TractResult<(TypedModel, usize)> {
     let mut model = model.into_decluttered()?;
     let chains = find_chains(&model);
-    let mut n = 0;
     for c in &chains {
-        if rewrite_chain(&mut model, c)? {
-            n += 1;
-        }
+        rewrite_chain(&mut model, c)?;
     }
-    n += crate::deconv::rewrite(&mut model, true)?;
-    Ok((model.into_decluttered()?, n))
+    crate::deconv::rewrite(&mut model, Some(crate::deconv::INT8_MIN_INNER))?;
+    let model = model.into_decluttered()?;
+    let n = census(&model).1;
+    Ok((model, n))
 }
 
 /// Counts the int8 model's nodes that are still onnxruntime's form after the rewrite (a product
