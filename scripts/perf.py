@@ -439,8 +439,9 @@ def analysis(f):
             f"model loaded with `ANOVIT_TRACT_OPS=1`, tract's own lowering, in the same script run): the decoder's "
             f"overlap-add `OverlapAdd` {mine.get('OverlapAdd', 0):.2f} ms against tract's `DeconvSum` "
             f"{o_ops.get('DeconvSum', 0):.2f} ms (a generic loop; tract's fast path needs kernel = stride); LayerNorm's "
-            f"centring over 197 tokens `BroadcastSub` {bsub:.2f} ms against tract's generic `Sub` {o_ops.get('Sub', 0):.2f} ms "
-            f"(its vector kernels need a row length that is a multiple of 16). The f32 plan with tract's own lowering "
+            f"centring over 197 tokens, tract's generic `Sub` {o_ops.get('Sub', 0):.2f} ms (its vector kernels need a row "
+            f"length that is a multiple of 16), is inside the fused `LayerNorm` below (broadcasts left to "
+            f"`src/broadcast.rs`: {bsub:.2f} ms). The f32 plan with tract's own lowering "
             f"ran at a median {plan_own:.2f} ms in its run (with anovit's: {best['f32']['tract']['median_ms']:.2f} ms "
             "above).")
         fused = ", ".join(f"`{k}` {mine[k]:.2f} ms" for k in ("LayerNorm", "Gelu", "SoftmaxRows") if k in mine)
