@@ -36,9 +36,9 @@ struct Cli {
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
-    /// Which AVX-512 VNNI kernel int8 products use on x86-64: tract's choice, the 8x8 or the
-    /// 16x16 one (`anovit bench --int8-kernel narrow` and `wide` say which is faster here;
-    /// docs/DEPLOY.md).
+    /// Which AVX-512 VNNI kernel int8 products use on x86-64: auto (the 16x16 one on AMD, else
+    /// tract's choice), the 8x8 or the 16x16 one (`anovit --int8-kernel narrow bench` and
+    /// `wide` say which is faster here; docs/DEPLOY.md).
     #[arg(long, global = true, value_enum, default_value_t = Int8KernelArg::Auto)]
     int8_kernel: Int8KernelArg,
     #[command(subcommand)]

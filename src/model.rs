@@ -39,9 +39,12 @@ pub fn tract_ops_only() -> bool {
 }
 
 /// Which of tract's AVX-512 VNNI kernels int8 products use on x86-64 (nothing changes elsewhere).
+/// The products are exact integer sums, so the choice changes speed only, never a result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int8Kernel {
-    /// tract's choice: the 16x16 zmm kernel only where its probe counts two 512-bit FMA ports.
+    /// The wide kernel on AMD cores with AVX-512 VNNI (Zen 4 and later), else tract's choice (the
+    /// wide kernel only where its probe counts two 512-bit FMA ports). `TRACT_AVX512_FMA_UNITS`,
+    /// when set, is left to tract.
     Auto,
     /// The 8x8 ymm kernel.
     Narrow,
@@ -50,17 +53,37 @@ pub enum Int8Kernel {
 }
 
 /// Chooses the int8 kernel (`TRACT_AVX512_FMA_UNITS` through tract's knob API). tract reads it
-/// once, at the first int8 product it lowers, so this must come before any model is loaded. Why it
-/// is a setting: tract's probe counts one 512-bit port on this project's AMD EPYC host, which
-/// picks the narrow kernel, and the wide one ran the demo int8 plan 1.1x faster there
-/// (docs/PERF.md measures both); on Intel parts with one port tract measured the opposite.
+/// once, at the first int8 product it lowers, so this must come before any model is loaded. Why:
+/// tract's probe counts one 512-bit port on AMD's cores (they split a 512-bit operation over two
+/// 256-bit units), which picks the narrow kernel, as it should on Intel parts with one port, where
+/// 512-bit code lowers the clock and tract measured the narrow kernel faster. AMD's cores keep
+/// their clock, and the wide kernel, with twice the accumulators, ran the demo int8 plan 1.06-1.10x
+/// faster on this project's AMD EPYC host (docs/PERF.md times both).
 pub fn set_int8_kernel(kernel: Int8Kernel) {
     let units = match kernel {
+        Int8Kernel::Auto if std::env::var_os("TRACT_AVX512_FMA_UNITS").is_none() && amd_with_vnni() => "2",
         Int8Kernel::Auto => return,
         Int8Kernel::Narrow => "1",
         Int8Kernel::Wide => "2",
     };
     tract_core::tract_linalg::knobs::TRACT_AVX512_FMA_UNITS.set(Some(units.to_string()));
+}
+
+/// Whether this is an AMD CPU with AVX-512 VNNI.
+fn amd_with_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID leaf 0: the vendor string in EBX, EDX, ECX.
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID leaf 0 exists on every x86-64 CPU.
+        let r = unsafe { std::arch::x86_64::__cpuid(0) };
+        let vendor = [r.ebx, r.edx, r.ecx].map(u32::to_le_bytes).concat();
+        vendor == *b"AuthenticAMD" && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 fn tract_err(path: &Path) -> impl Fn(anyhow::Error) -> Error + '_ {
