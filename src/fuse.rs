@@ -13,6 +13,9 @@
 //!   whatever axis tract's layout put the channels on;
 //! - `Cast(i32 -> f32)` then a constant scale becomes [`ScaleI32`].
 //!
+//! Then what follows some of them is folded into their pass: a [`Gelu`] or a residual addition
+//! into the [`ScaleI32`] before it, a ReLU into the decoder's [`crate::deconv::OverlapAdd`].
+//!
 //! It runs when a model is loaded, before tract's optimiser, so plan files keep tract's standard
 //! operators and any plan gains it. Each replacement computes what the chain computes (tests
 //! below, and `tests/golden.rs` against onnxruntime on the whole model).
