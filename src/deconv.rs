@@ -7,9 +7,8 @@
 //! them. [`rewrite`] wires the same product and [`OverlapAdd`], which adds each kernel tap's whole
 //! input plane into a phase of the output (or, for geometries where a phase is wider than an input
 //! row, input rows into phase-split output rows) with vector passes and, in int8 plans, reads the
-//! product's i32
-//! accumulators directly: the activations' zero point and both scales are applied in the same
-//! pass, so the int8 decoder costs no extra pass over its largest tensors.
+//! product's i32 accumulators directly: the activations' zero point and both scales are applied
+//! in the same pass, so the int8 decoder costs no extra pass over its largest tensors.
 //!
 //! int8 (`rewrite(.., Some(INT8_MIN_INNER))`): the weights are quantised here, symmetric per
 //! output row (one output channel and kernel tap); the activations per run
@@ -90,6 +89,27 @@ impl<T> Plane<'_, T> {
             v
         }
     }
+
+    /// Writes an output row from its column phases (`phase(b)` holds columns `b, b + sx, ...`),
+    /// finished (bias, folded ReLU).
+    #[inline(always)]
+    fn interleave<'s>(&self, row: &mut [f32], sx: usize, phase: impl Fn(usize) -> &'s [f32]) {
+        if sx == 2 {
+            let (even, odd, half) = (phase(0), phase(1), row.len() / 2);
+            let mut pairs = row.chunks_exact_mut(2);
+            for (pair, (e, o)) in (&mut pairs).zip(even.iter().zip(odd)) {
+                pair[0] = self.finish(*e);
+                pair[1] = self.finish(*o);
+            }
+            if let [last] = pairs.into_remainder() {
+                *last = self.finish(even[half]);
+            }
+        } else {
+            for (ox, v) in row.iter_mut().enumerate() {
+                *v = self.finish(phase(ox % sx)[ox / sx]);
+            }
+        }
+    }
 }
 
 /// Rows of output phase `a` (outputs `a, a + s, ...` below `out`).
@@ -145,19 +165,7 @@ impl OverlapAdd {
                     }
                 }
             }
-            if sx == 2 {
-                let (even, odd) = scratch.split_at(len);
-                for (i, pair) in row.chunks_mut(2).enumerate() {
-                    pair[0] = p.finish(even[i]);
-                    if let Some(v) = pair.get_mut(1) {
-                        *v = p.finish(odd[i]);
-                    }
-                }
-            } else {
-                for (ox, v) in row.iter_mut().enumerate() {
-                    *v = p.finish(scratch[(ox % sx) * len + ox / sx]);
-                }
-            }
+            p.interleave(row, sx, |b| &scratch[b * len..][..len]);
         }
         debug_assert_eq!(out.len(), oh * ow);
     }
@@ -233,22 +241,8 @@ impl OverlapAdd {
             }
         }
         for (oy, row) in out.chunks_exact_mut(ow).enumerate() {
-            let at = |b: usize| ((oy % sy) * sx + b) * per_phase + (oy / sy + 1) * w;
-            if sx == 2 {
-                let (even, odd) = (&phases[at(0)..][..w], &phases[at(1)..][..w]);
-                let mut pairs = row.chunks_exact_mut(2);
-                for (pair, (e, o)) in (&mut pairs).zip(even.iter().zip(odd)) {
-                    pair[0] = p.finish(*e);
-                    pair[1] = p.finish(*o);
-                }
-                if let [last] = pairs.into_remainder() {
-                    *last = p.finish(even[ow / 2]);
-                }
-            } else {
-                for (ox, v) in row.iter_mut().enumerate() {
-                    *v = p.finish(phases[at(ox % sx) + ox / sx]);
-                }
-            }
+            let phases = &*phases;
+            p.interleave(row, sx, |b| &phases[((oy % sy) * sx + b) * per_phase + (oy / sy + 1) * w..][..w]);
         }
     }
 

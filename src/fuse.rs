@@ -51,7 +51,7 @@ fn bin_const<M: tract_core::ops::binary::BinMiniOp>(model: &TypedModel, node: &T
     let [a, b] = bin::<M>(node)?;
     if uniform(model, b).is_some_and(|v| close(v, k)) {
         Some(a)
-    } else if matches!(uniform(model, a), Some(v) if close(v, k)) {
+    } else if uniform(model, a).is_some_and(|v| close(v, k)) {
         Some(b)
     } else {
         None
@@ -515,7 +515,7 @@ fn match_scale_i32(model: &TypedModel, cast: &TypedNode) -> Option<(usize, Outle
     let mul = single_succ(model, cast.id)?;
     let [a, b] = bin::<Mul>(mul)?;
     let k = if a == cast.id.into() { b } else { a };
-    let k = model.outlet_fact(k).ok()?.konst.clone()?;
+    let k = crate::quant::konst(model, k)?;
     let fits = k.datum_type() == f32::datum_type()
         && k.rank() == shape.len()
         && k.shape().iter().zip(&shape).all(|(s, d)| s == d || *s == 1);

@@ -39,17 +39,10 @@ struct Cli {
     /// Which AVX-512 VNNI kernel int8 products use on x86-64: auto (the 16x16 one on AMD, else
     /// tract's choice), the 8x8 or the 16x16 one (`anovit --int8-kernel narrow bench` and
     /// `wide` say which is faster here; docs/DEPLOY.md).
-    #[arg(long, global = true, value_enum, default_value_t = Int8KernelArg::Auto)]
-    int8_kernel: Int8KernelArg,
+    #[arg(long, global = true, value_enum, default_value_t = Int8Kernel::Auto)]
+    int8_kernel: Int8Kernel,
     #[command(subcommand)]
     cmd: Option<Cmd>,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Int8KernelArg {
-    Auto,
-    Narrow,
-    Wide,
 }
 
 #[derive(Subcommand)]
@@ -363,11 +356,7 @@ fn main() -> ExitCode {
         1 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     });
-    anovit::model::set_int8_kernel(match cli.int8_kernel {
-        Int8KernelArg::Auto => Int8Kernel::Auto,
-        Int8KernelArg::Narrow => Int8Kernel::Narrow,
-        Int8KernelArg::Wide => Int8Kernel::Wide,
-    });
+    anovit::model::set_int8_kernel(cli.int8_kernel);
     let r = match cli.cmd {
         Some(Cmd::Run(a)) => run(a),
         Some(Cmd::Synth(a)) => write_synth(&a),

@@ -40,7 +40,7 @@ pub fn tract_ops_only() -> bool {
 
 /// Which of tract's AVX-512 VNNI kernels int8 products use on x86-64 (nothing changes elsewhere).
 /// The products are exact integer sums, so the choice changes speed only, never a result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Int8Kernel {
     /// The wide kernel on AMD cores with AVX-512 VNNI (Zen 4 and later), else tract's choice (the
     /// wide kernel only where its probe counts two 512-bit FMA ports). `TRACT_AVX512_FMA_UNITS`,

@@ -285,7 +285,7 @@ pub fn registry() -> nnef::Registry {
 }
 
 /// The constant behind an outlet, if it is one.
-fn konst(model: &TypedModel, outlet: OutletId) -> Option<Arc<Tensor>> {
+pub(crate) fn konst(model: &TypedModel, outlet: OutletId) -> Option<Arc<Tensor>> {
     model.outlet_fact(outlet).ok()?.konst.clone()
 }
 
