@@ -76,6 +76,11 @@ RUNS = {
                             label="AnoViT-edge, one stage, 10 % corruption, seed 1, per-pixel reference"),
     "cae-c01-s1-ref": dict(size="cae", weights_of="cae-c01-s1", reference=True,
                            label="CAE, one stage, 10 % corruption, seed 1, per-pixel reference"),
+    # Synthetic defects instead of pasted squares (train.py --corrupt-style defects, docs/MODEL.md).
+    "edge-d01": dict(size="edge", single=True, corrupt=0.1, corrupt_style="defects",
+                     label="AnoViT-edge, one stage, 10 % synthetic defects"),
+    "edge-d01-ref": dict(size="edge", weights_of="edge-d01", reference=True,
+                         label="AnoViT-edge, one stage, 10 % synthetic defects, per-pixel reference"),
 }
 MODELS = {k: v["label"] for k, v in RUNS.items()}
 # (AnoViT run, CAE run) pairs trained with one recipe: the paper's comparison proper.
@@ -106,7 +111,8 @@ def run_one(ds: str, model: str, py: str) -> dict:
     elif rc.get("single"):
         ckpt = run / "model.pt"
         sh([py, "scripts/train.py", *common_args, "--epochs", cfg["single"], "--corrupt-ratio", rc["corrupt"],
-            "--cosine", "--inpaint", rc.get("inpaint", 1), "--out", ckpt], log)
+            "--corrupt-style", rc.get("corrupt_style", "patch"), "--cosine", "--inpaint", rc.get("inpaint", 1),
+            "--out", ckpt], log)
     else:
         stage1 = OUT / f"{ds}-{rc['stage1_of']}" / "stage1.pt" if "stage1_of" in rc else run / "stage1.pt"
         if "stage1_of" not in rc:

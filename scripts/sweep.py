@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 DATASETS = {"bottle": ("mvtec_ad_bottle_256", "mvtec"), "magnetic_tile": ("magnetic_tile", "magnetic-tile")}
 SIGMAS = (0.0, 2.0, 4.0, 8.0)
+BORDER = 8  # pixels: "at the border" in the border share of the good maps' maxima
 
 
 def _encode(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,6 +91,12 @@ def pack(args) -> None:
                   masks if any(s.mask for s in test) else None)
         print(f"{ds}: {len(train_s)} train, {len(val_s)} val, {len(test)} test -> "
               f"{(args.out / f'{ds}.npz').stat().st_size / 1e6:.1f} MB", flush=True)
+        if masks.any():  # pooled pixel AUROC weighs each kind by its defect pixels
+            kinds = np.array([s.kind for s in test])
+            area = {k: float(masks[kinds == k].mean()) for k in sorted(set(kinds) - {"good"})}
+            share = {k: float(masks[kinds == k].sum() / masks.sum()) for k in area}
+            print("  defect pixels per kind: " + ", ".join(
+                f"{k} {100 * share[k]:.1f} % (masks cover {100 * area[k]:.1f} % of its images)" for k in area))
 
 
 def smooth(err: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -103,31 +110,63 @@ def smooth(err: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, x_test, labels, kinds, masks, device, batch=16) -> dict:
+def error_maps(model, x, device, batch=16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel (N, 1, H, W) squared-error maps: both signs, and the darker-than-reconstructed part."""
+    both, dark = [], []
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch].to(device)
+        d = model(xb) - xb
+        both.append((d ** 2).mean(dim=1, keepdim=True))
+        dark.append((d.clamp(min=0) ** 2).mean(dim=1, keepdim=True))
+    return torch.cat(both), torch.cat(dark)
+
+
+def border_share(maps: torch.Tensor, margin: int = BORDER) -> float:
+    """Share of maps whose maximum lies within `margin` pixels of the image border."""
+    n, _, h, w = maps.shape
+    at = maps.flatten(1).argmax(dim=1)
+    y, x = at // w, at % w
+    near = (torch.minimum(y, h - 1 - y) < margin) | (torch.minimum(x, w - 1 - x) < margin)
+    return float(near.float().mean())
+
+
+@torch.no_grad()
+def evaluate(model, x_test, labels, kinds, masks, device, x_val=None, batch=16) -> dict:
     from sklearn.metrics import roc_auc_score
     model.eval()
-    maps = []
-    for i in range(0, len(x_test), batch):
-        xb = x_test[i:i + batch].to(device)
-        maps.append(((model(xb) - xb) ** 2).mean(dim=1, keepdim=True))
-    err = torch.cat(maps)
+    err, dark = error_maps(model, x_test, device, batch)
     out = {}
-    for s in SIGMAS:
-        sm = smooth(err, s)
+
+    def figures(sm: torch.Tensor, tag: str, pixel: bool) -> np.ndarray:
         scores = sm.flatten(1).amax(dim=1).cpu().numpy()
-        out[f"image_auroc_s{s:g}"] = float(roc_auc_score(labels, scores))
+        out[f"image_auroc_{tag}"] = float(roc_auc_score(labels, scores))
+        if masks is not None and pixel:
+            px = sm[:, 0, ::2, ::2].cpu().numpy().ravel()
+            out[f"pixel_auroc_{tag}"] = float(roc_auc_score(masks[:, ::2, ::2].ravel(), px))
+        return scores
+
+    for s in SIGMAS:
+        scores = figures(smooth(err, s), f"s{s:g}", s in (0.0, 4.0))
         per_kind = {}
         for k in sorted(set(kinds) - {"good"}):
             sel = (kinds == k) | (kinds == "good")
             per_kind[k] = round(float(roc_auc_score(labels[sel], scores[sel])), 4)
         out[f"per_kind_s{s:g}"] = per_kind
-        if masks is not None and s in (0.0, 4.0):
-            px = sm[:, 0, ::2, ::2].cpu().numpy().ravel()
-            out[f"pixel_auroc_s{s:g}"] = float(roc_auc_score(masks[:, ::2, ::2].ravel(), px))
+    # Where the good parts' maxima lie, and two scorings that answer it: only the darker-than-
+    # reconstructed error (polarity), and the per-pixel reference of `anovit calibrate --reference`
+    # (each pixel standardised by the validation images' smoothed maps, floor 0.1 x mean std).
+    good = torch.from_numpy(np.asarray(labels) == 0)
+    out["good_max_at_border_s4"] = border_share(smooth(err, 4.0)[good])
+    figures(smooth(dark, 4.0), "s4_dark", True)
+    if x_val is not None:
+        ref = smooth(error_maps(model, x_val, device, batch)[0], 4.0)
+        mean, std = ref.mean(dim=0), ref.std(dim=0, unbiased=False)
+        figures((smooth(err, 4.0) - mean) / (std + 0.1 * std.mean()), "s4_ref", True)
     return out
 
 
 def run(args) -> dict:
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -140,6 +179,7 @@ def run(args) -> dict:
     mean, std = x_train.mean(dim=(0, 2, 3), keepdim=True), x_train.std(dim=(0, 2, 3), keepdim=True)
     x_train = (x_train - mean) / std
     x_test = (torch.from_numpy(_decode(d["test"], d["test_offsets"])).float() / 255 - mean) / std
+    x_val = (torch.from_numpy(_decode(d["val"], d["val_offsets"])).float() / 255 - mean) / std
     labels, kinds = d["labels"], d["kinds"]
     masks = np.unpackbits(d["masks"])[: int(np.prod(d["mask_shape"]))].reshape(d["mask_shape"]).astype(bool) \
         if bool(d["has_masks"]) else None
@@ -160,7 +200,7 @@ def run(args) -> dict:
             sched.step()
         late = args.minutes and time.time() - start > 60 * args.minutes
         if epoch in checkpoints or late:
-            ev = evaluate(model, x_test, labels, kinds, masks, args.device)
+            ev = evaluate(model, x_test, labels, kinds, masks, args.device, x_val)
             ev.update(epoch=epoch, loss=loss, minutes=(time.time() - start) / 60)
             result["evals"].append(ev)
             print(json.dumps({k: v for k, v in ev.items() if not k.startswith("per_kind")}), flush=True)
@@ -195,6 +235,9 @@ GRID = {
     "mt-inp4-c01": ("magnetic_tile", "edge", 4, 0.1, 100, []),
     "mt-inp9": ("magnetic_tile", "edge", 9, 0.0, 100, []),
     "mt-inp4-cos": ("magnetic_tile", "edge", 4, 0.0, 100, ["--cosine", "--lr", "5e-4"]),
+    # compare.py's one-stage recipe (25 epochs, cosine) with patch corruption and synthetic defects
+    "mt-edge-c01-25": ("magnetic_tile", "edge", 1, 0.1, 25, ["--cosine"]),
+    "mt-edge-d01-25": ("magnetic_tile", "edge", 1, 0.1, 25, ["--cosine", "--corrupt-style", "defects"]),
 }
 
 
@@ -208,7 +251,7 @@ def grid(args) -> None:
         cmd = [sys.executable, __file__, "run", "--data", args.data, "--dataset", ds, "--size", size,
                "--eval-every", args.eval_every,
                "--inpaint", inp, "--corrupt-ratio", cor, "--epochs", epochs, "--device", args.device,
-               "--minutes", args.minutes, "--out", args.out / f"{name}.json", *extra]
+               "--minutes", args.minutes, "--threads", args.threads, "--out", args.out / f"{name}.json", *extra]
         log = open(args.out / f"{name}.log", "w")
         procs[name] = subprocess.Popen([str(c) for c in cmd], stdout=log, stderr=subprocess.STDOUT)
     failed = [n for n, p in procs.items() if p.wait()]
@@ -234,7 +277,9 @@ def report(args) -> None:
              "test split *during* training, so choosing by them is optimistic; image AUROC carries about",
              "+/-0.03 of noise on bottle (20 good test images). Recipe as in `scripts/train.py` (224 px, batch 8,",
              "Adam 2e-4 (0.5, 0.999), corruption and inpainting as named); all runs of a grid share the machine.",
-             "Score: max of the squared-error map smoothed with sigma s; pixel AUROC on every 2nd pixel.", ""]
+             "Score: max of the squared-error map smoothed with sigma s; pixel AUROC on every 2nd pixel.",
+             "Each grid's figures are kept in `docs/sweep/<date>-gridN.json`, what it showed beside them in",
+             "`.md`; `sweep.py report --summaries ... --titles ...` renders this page from them.", ""]
     for title, path in zip(args.titles, args.summaries):
         data = json.loads(Path(path).read_text())
         lines += [f"## {title}", "", "| run | data | model | inpaint | corrupt | epoch | min | image s0 | s2 | s4 | s8 "
@@ -244,11 +289,28 @@ def report(args) -> None:
             for ev in r["evals"]:
                 px = ev.get("pixel_auroc_s4")
                 kinds = ", ".join(f"{k} {v:.2f}" for k, v in ev["per_kind_s4"].items())
-                lines.append(f"| {name} | {c['dataset']} | {c['size']} | {c['inpaint']} | {c['corrupt_ratio']} "
+                corrupt = f"{c['corrupt_ratio']}" + (f" {c['corrupt_style']}" if c.get("corrupt_style", "patch") != "patch" else "")
+                lines.append(f"| {name} | {c['dataset']} | {c['size']} | {c['inpaint']} | {corrupt} "
                              f"| {ev['epoch']} | {ev['minutes']:.1f} | "
                              + " | ".join(f"{ev[f'image_auroc_s{s:g}']:.3f}" for s in SIGMAS)
                              + f" | {'–' if px is None else f'{px:.3f}'} | {kinds} |")
         lines.append("")
+        scored = [(name, ev) for name, r in data.items() for ev in r["evals"] if "good_max_at_border_s4" in ev]
+        if scored:
+            lines += [f"Scorings at sigma 4: *good maxima at border*: share of good test images whose map peaks within "
+                      f"{BORDER} px of the image border; *dark*: only the error where the part is darker than its "
+                      "reconstruction; *ref*: the per-pixel reference (standardised by the validation images' maps).",
+                      "", "| run | epoch | good maxima at border | image | image dark | image ref | pixel | pixel dark "
+                      "| pixel ref |", "|---|---|---|---|---|---|---|---|---|"]
+            fig = lambda ev, k: "–" if ev.get(k) is None else f"{ev[k]:.3f}"  # noqa: E731
+            for name, ev in scored:
+                lines.append(f"| {name} | {ev['epoch']} | {ev['good_max_at_border_s4']:.2f} | "
+                             + " | ".join(fig(ev, f"{kind}_auroc_s4{tag}") for kind in ("image", "pixel")
+                                          for tag in ("", "_dark", "_ref")) + " |")
+            lines.append("")
+        notes = Path(path).with_suffix(".md")  # what the grid showed, kept beside its figures
+        if notes.is_file():
+            lines += [notes.read_text().strip(), ""]
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
@@ -266,6 +328,8 @@ def main(argv=None):
     r.add_argument("--size", choices=anovit_model.SIZE_NAMES, default="edge")
     r.add_argument("--inpaint", type=int, default=1, choices=anovit_model.INPAINT_PHASES)
     r.add_argument("--corrupt-ratio", type=float, default=0.0)
+    r.add_argument("--corrupt-style", choices=train_mod.CORRUPT_STYLES, default="patch")
+    r.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 per run when runs share cores)")
     r.add_argument("--epochs", type=int, default=100)
     r.add_argument("--batch", type=int, default=8)
     r.add_argument("--lr", type=float, default=2e-4)
@@ -284,6 +348,7 @@ def main(argv=None):
     g.add_argument("--epoch-scale", type=float, default=1.0, help="multiplies every run's epochs (smoke tests)")
     g.add_argument("--eval-every", type=int, default=0)
     g.add_argument("--only", nargs="*", help="run only these names")
+    g.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
     g.set_defaults(func=grid)
     rp = sub.add_parser("report")
     rp.add_argument("--summaries", nargs="+", type=Path, required=True)

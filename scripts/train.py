@@ -18,6 +18,8 @@ import torch.nn.functional as F
 import anovit_model
 import common
 
+CORRUPT_STYLES = ("patch", "defects")
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,6 +39,9 @@ def parse_args(argv=None):
     p.add_argument("--mask-ratio", type=float, default=0.0, help="share of patch tokens masked in training")
     p.add_argument("--corrupt-ratio", type=float, default=0.0,
                    help="training inputs get this share of their area pasted over from elsewhere (target stays clean)")
+    p.add_argument("--corrupt-style", choices=CORRUPT_STYLES, default="patch",
+                   help="patch: squares from other images; defects: synthetic defects (smooth-edged regions "
+                        "of shifted brightness or foreign texture, dark spots and scratches)")
     p.add_argument("--inpaint", type=int, default=1, choices=anovit_model.INPAINT_PHASES,
                    help="inpainting phases: each patch is reconstructed with its own token masked (1 = off)")
     p.add_argument("--init", type=Path, default=None,
@@ -70,6 +75,49 @@ def corrupt(xb: torch.Tensor, ratio: float, gen: torch.Generator, size: int = an
     return out
 
 
+def synth_defects(xb: torch.Tensor, ratio: float, gen: torch.Generator) -> torch.Tensor:
+    """Synthetic defects over about `ratio` of each image (DRAEM-style, Zavrtanik et al. 2021): a
+    smooth-edged random region (bicubic-upsampled noise of a random grain) whose brightness is
+    shifted or whose content comes from another image of the batch, or dark spots and scratches.
+    The loss still targets the clean image, so the model learns to restore what good parts look
+    like instead of copying brightness changes, holes and cracks (the Magnetic Tile defects,
+    docs/SWEEP.md). Values are in standardised units, so shifts are in multiples of the data's std."""
+    b, c, h, w = xb.shape
+    out = xb.clone()
+
+    def u(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * float(torch.rand(1, generator=gen))
+
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                            indexing="ij")
+    for i in range(b):
+        kind = int(torch.randint(0, 3, (1,), generator=gen))
+        if kind < 2:
+            grain = int(torch.randint(2, 9, (1,), generator=gen))
+            noise = torch.rand(1, 1, grain, grain, generator=gen)
+            up = F.interpolate(noise, size=(h, w), mode="bicubic", align_corners=False)[0, 0]
+            cut = torch.quantile(up.flatten(), 1.0 - ratio)
+            region = ((up - cut) / 0.03).clamp(0.0, 1.0)  # soft edge a few pixels wide
+            if kind == 0:
+                out[i] += region * u(0.3, 1.2) * (1 if torch.rand(1, generator=gen) < 0.5 else -1)
+            else:
+                j = (i + 1 + int(torch.randint(0, max(1, b - 1), (1,), generator=gen))) % b
+                out[i] = out[i] * (1 - region) + xb[j] * region
+        else:
+            dark = torch.zeros(h, w)
+            for _ in range(int(torch.randint(1, 4, (1,), generator=gen))):
+                y, x = u(0, h - 1), u(0, w - 1)
+                steps = 1 if torch.rand(1, generator=gen) < 0.5 else int(torch.randint(8, 40, (1,), generator=gen))
+                angle, radius = u(0, 6.2832), u(1.0, 4.0) if steps == 1 else u(0.7, 1.5)
+                for _ in range(steps):  # a spot, or a scratch as a random walk of spots
+                    dark = torch.maximum(dark, torch.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * radius**2)))
+                    angle += u(-0.4, 0.4)
+                    step = torch.tensor(angle)  # f32 trigonometry: the figures in docs/SWEEP.md were made so
+                    y, x = y + 2 * torch.sin(step).item(), x + 2 * torch.cos(step).item()
+            out[i] -= dark * u(1.0, 3.0)
+    return out
+
+
 def evaluate_loss(model, x: torch.Tensor, batch: int, device: str = "cpu") -> float:
     model.eval()
     with torch.no_grad():
@@ -85,7 +133,12 @@ def run_epoch(model, opt, x_train: torch.Tensor, args, gen: torch.Generator, cor
     total = 0.0
     for i in range(0, len(order), args.batch):
         xb = x_train[order[i:i + args.batch]]
-        inp = corrupt(xb, args.corrupt_ratio, corrupt_gen) if args.corrupt_ratio > 0 else xb
+        if args.corrupt_ratio <= 0:
+            inp = xb
+        elif getattr(args, "corrupt_style", "patch") == "defects":
+            inp = synth_defects(xb, args.corrupt_ratio, corrupt_gen)
+        else:
+            inp = corrupt(xb, args.corrupt_ratio, corrupt_gen)
         xb, inp = xb.to(args.device), inp.to(args.device)
         loss = anovit_model.reconstruction_loss(model, inp, xb, corrupt_gen)
         opt.zero_grad(set_to_none=True)
@@ -168,6 +221,7 @@ def train(args) -> dict:
             "mask_ratio": args.mask_ratio,
             "inpaint": args.inpaint,
             "corrupt_ratio": args.corrupt_ratio,
+            "corrupt_style": args.corrupt_style,
             "params": params,
             "gflop": gflop,
             "input": pre.to_manifest(),

@@ -228,9 +228,45 @@ impl Calibration {
     }
 }
 
+/// Where the good calibration images' maps peak: the share within the border band, against the
+/// share of the image the band covers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BorderPeaks {
+    /// Share of the good maps whose maximum lies in the band.
+    pub share: f64,
+    /// Share of a `width x height` map the band of `band` pixels covers.
+    pub band_area: f64,
+}
+
+impl BorderPeaks {
+    /// `at_border` of `n` maps peaked within `band` pixels of the edge of a `width x height` map.
+    pub fn new(at_border: usize, n: usize, band: usize, width: usize, height: usize) -> Self {
+        let (w, h, b) = (width as f64, height as f64, band as f64);
+        let inner = (w - 2.0 * b).max(0.0) * (h - 2.0 * b).max(0.0);
+        Self { share: at_border as f64 / n.max(1) as f64, band_area: 1.0 - inner / (w * h) }
+    }
+
+    /// Most good parts peak in the band, and far more than its area would explain: their
+    /// threshold is then the border's.
+    pub fn dominates(&self) -> bool {
+        self.share > 0.5 && self.share > 2.0 * self.band_area
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn border_peaks_dominate_only_when_far_above_the_band_area() {
+        // 224 px, band 8: the band covers 1 - (208 / 224)^2 = 13.8 % of the image.
+        let b = BorderPeaks::new(67, 71, 8, 224, 224);
+        assert!((b.band_area - (1.0 - (208.0f64 / 224.0).powi(2))).abs() < 1e-12);
+        assert!(b.dominates(), "{b:?}");
+        assert!(!BorderPeaks::new(30, 71, 8, 224, 224).dominates()); // under half
+        assert!(!BorderPeaks::new(50, 71, 40, 224, 224).dominates()); // a band of 58 % explains 70 %
+        assert_eq!(BorderPeaks::new(0, 0, 8, 224, 224).share, 0.0);
+    }
 
     #[test]
     fn binomial_cdf_matches_closed_forms() {

@@ -59,6 +59,16 @@ impl<E: Engine> FrameScorer<E> {
         self.scorer.map()
     }
 
+    /// Whether the last map peaks near the image border (`Scorer::peak_near_border`).
+    pub fn peak_near_border(&self) -> bool {
+        self.scorer.peak_near_border()
+    }
+
+    /// The border band `peak_near_border` looks at, in pixels of the model input.
+    pub fn border_band(&self) -> usize {
+        self.scorer.border_band()
+    }
+
     /// The model input of the last frame (NCHW, normalised).
     pub fn input(&self) -> &[f32] {
         self.pre.output()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anovit::actuation::{RecordingPin, RejectLine, StatusLine};
 use anovit::board::{BoardProfile, DisplayKind, OutputKind, SourceKind};
 use anovit::bundle::Bundle;
-use anovit::calibrate::Calibration;
+use anovit::calibrate::{BorderPeaks, Calibration};
 use anovit::capture::{FrameSource, Prefetched, ReplaySource, SyntheticSource};
 use anovit::clock::MonotonicClock;
 use anovit::decision::{AlarmPolicy, Decider};
@@ -1023,8 +1023,10 @@ fn calibrate(a: &CalibrateArgs) -> Result<()> {
     let mut fs = FrameScorer::new(&bundle, Model::load(&bundle)?);
     let pb = progress_bar(files.len(), "scoring good images");
     let mut maps = Vec::new();
+    let mut at_border = 0;
     let mut scores = score_files(&mut fs, &files, |i, fs| {
         pb.set_position(i as u64);
+        at_border += usize::from(fs.peak_near_border());
         if a.reference {
             maps.push(fs.map().to_vec());
         }
@@ -1032,6 +1034,16 @@ fn calibrate(a: &CalibrateArgs) -> Result<()> {
     pb.finish_and_clear();
     let reference = if a.reference {
         let (r, loo) = anovit::calibrate::reference_from_maps(&maps)?;
+        // Where the maps peak once standardised: what the new reference leaves to the border.
+        let width = fs.spec().width();
+        at_border = maps
+            .iter()
+            .filter(|m| {
+                let z: Vec<f32> =
+                    m.iter().zip(&r.mean).zip(&r.std).map(|((v, mu), sd)| (v - mu) / (sd + r.floor)).collect();
+                anovit::scoring::peak_near_border(&z, width, fs.border_band())
+            })
+            .count();
         println!(
             "scoring reference from {} good images: mean error {:.5}, mean spread {:.5}, floor {:.5}",
             maps.len(),
@@ -1044,6 +1056,7 @@ fn calibrate(a: &CalibrateArgs) -> Result<()> {
     } else {
         None
     };
+    report_border_peaks(at_border, files.len(), fs.border_band(), fs.spec(), a.reference || bundle.reference.is_some());
     let m = &bundle.manifest;
     let c = Calibration::from_scores(&scores, a.target_false_reject, a.confidence, a.margin)?;
     println!(
@@ -1084,6 +1097,28 @@ fn calibrate(a: &CalibrateArgs) -> Result<()> {
         println!("written to {}", a.model.join("manifest.json").display());
     }
     Ok(())
+}
+
+/// Says where the good parts' maps peak and, when the border sets the threshold, what helps.
+fn report_border_peaks(at_border: usize, n: usize, band: usize, spec: &anovit::bundle::InputSpec, reference: bool) {
+    let b = BorderPeaks::new(at_border, n, band, spec.width(), spec.height());
+    println!(
+        "good images whose map peaks within {band} px of the image border: {at_border} of {n} ({:.0} %; the band is \
+         {:.0} % of the image)",
+        100.0 * b.share,
+        100.0 * b.band_area
+    );
+    if b.dominates() {
+        log::warn!(
+            "the threshold is set by the image border, where reconstructions are weakest, more than by the part: {}",
+            if reference {
+                "narrow the input `roi` to the part (docs/BUNDLE.md)"
+            } else {
+                "`anovit calibrate --reference` standardises each pixel by the good parts' spread there \
+                 (docs/EVAL.md), or narrow the input `roi` to the part"
+            }
+        );
+    }
 }
 
 fn eval(a: &EvalArgs) -> Result<()> {

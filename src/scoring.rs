@@ -142,6 +142,24 @@ crate::simd::multiversion! {
     }
 }
 
+/// Whether the (first) maximum of a row-major map `width` pixels wide lies within `band` pixels
+/// of its edge. Reconstructions are weakest at the image border, and on Magnetic Tile the good
+/// parts' maps peak there (docs/SWEEP.md, grid 3), so their threshold is set by the border rather
+/// than by the part. NaN never counts as the maximum.
+pub fn peak_near_border(map: &[f32], width: usize, band: usize) -> bool {
+    let height = map.len() / width;
+    let mut best = (f32::NEG_INFINITY, None);
+    for (i, &v) in map.iter().enumerate() {
+        if v > best.0 {
+            best = (v, Some(i));
+        }
+    }
+    best.1.is_some_and(|i| {
+        let (y, x) = (i / width, i % width);
+        y.min(height - 1 - y) < band || x.min(width - 1 - x) < band
+    })
+}
+
 /// Turns reconstructions into anomaly maps and scores, reusing its buffers.
 #[derive(Debug)]
 pub struct Scorer {
@@ -196,6 +214,17 @@ impl Scorer {
     /// Map height.
     pub fn height(&self) -> usize {
         self.height
+    }
+
+    /// Width in map pixels of the border band [`Self::peak_near_border`] looks at: 1/28 of the
+    /// shorter side (8 px at 224, half a ViT patch), at least 1.
+    pub fn border_band(&self) -> usize {
+        (self.width.min(self.height) / 28).max(1)
+    }
+
+    /// Whether the last map peaks near its border ([`peak_near_border`] with [`Self::border_band`]).
+    pub fn peak_near_border(&self) -> bool {
+        peak_near_border(&self.map, self.width, self.border_band())
     }
 
     /// Scores one frame from its model input and reconstruction (both NCHW, 3 channels).
@@ -275,6 +304,28 @@ mod tests {
         assert!((peak - k[4] * k[4]).abs() < 1e-6, "{peak}");
         // Energy is preserved away from borders.
         assert!((s.map().iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn peaks_near_the_border_are_told_from_peaks_inside() {
+        // 56 x 56: a band of 2 px. One spike per frame, unsmoothed, so the map peaks there.
+        let mut s = Scorer::new(56, 56, &spec(0.0));
+        assert_eq!(s.border_band(), 2);
+        let input = vec![0.0; 3 * 56 * 56];
+        let mut at = |y: usize, x: usize, nan: Option<usize>| {
+            let mut recon = vec![0.0; 3 * 56 * 56];
+            recon[y * 56 + x] = 3.0;
+            if let Some(i) = nan {
+                recon[i] = f32::NAN;
+            }
+            s.score(&input, &recon);
+            s.peak_near_border()
+        };
+        assert!(at(0, 30, None) && at(30, 54, None) && at(55, 55, None) && at(1, 1, None));
+        assert!(!at(2, 30, None) && !at(30, 53, None) && !at(28, 28, None));
+        // A NaN pixel (a faulty frame, refused elsewhere) is not taken for the peak.
+        assert!(!at(28, 28, Some(0)));
+        assert_eq!(Scorer::new(20, 224, &spec(0.0)).border_band(), 1);
     }
 
     #[test]

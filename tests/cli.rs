@@ -196,6 +196,8 @@ fn calibrate_writes_the_threshold_the_scores_demand() {
     // 40 images cannot bound 1 % at 95 %: the threshold is the highest good score, with a warning.
     assert!(err.contains("299 images are needed"), "{err}");
     assert!(out.contains("expected false-reject rate 2.44 %"), "{out}");
+    assert!(out.contains("good images whose map peaks within 8 px of the image border: "), "{out}");
+    assert!(out.contains(" of 40 (") && out.contains("the band is 14 % of the image"), "{out}");
     let m = anovit::bundle::Bundle::load(&b).unwrap().manifest;
     assert_eq!(m.threshold.source, "calibrate");
     assert_eq!(m.threshold.stats["n_good"], 40);
@@ -232,6 +234,8 @@ fn calibrate_with_reference_writes_a_verified_per_pixel_reference() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("scoring reference from 12 good images"), "{out}");
+    // Where the maps peak is told once they are standardised by the new reference.
+    assert!(out.contains("good images whose map peaks within 8 px of the image border: ") && out.contains(" of 12 ("));
     let bundle = anovit::bundle::Bundle::load(&b).unwrap();
     let spec = bundle.manifest.scoring.reference.clone().expect("scoring.reference written");
     assert_eq!((spec.file.as_str(), spec.n_good), ("reference.bin", 12));

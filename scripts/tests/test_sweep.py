@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import torch
 
 import sweep
 
@@ -35,8 +36,30 @@ def test_tiny_run_scores_while_training_and_reports(tmp_path):
     assert {"image_auroc_s0", "image_auroc_s4", "pixel_auroc_s4", "per_kind_s4"} <= set(last)
     # A saturated square on flat gray is the easiest defect there is, even for a barely trained model.
     assert last["image_auroc_s0"] > 0.9 and last["pixel_auroc_s0"] > 0.9
+    assert {"good_max_at_border_s4", "image_auroc_s4_dark", "pixel_auroc_s4_dark", "image_auroc_s4_ref",
+            "pixel_auroc_s4_ref"} <= set(last)
     (tmp_path / "summary.json").write_text(json.dumps({"toy-inp4": r}))
+    (tmp_path / "summary.md").write_text("The square was found.\n")
     md = tmp_path / "SWEEP.md"
     sweep.main(["report", "--summaries", str(tmp_path / "summary.json"), "--titles", "toy", "--out", str(md)])
     text = md.read_text()
     assert "## toy" in text and "| toy-inp4 | toy | tiny | 4 | 0.0 | 4 |" in text
+    assert f"| toy-inp4 | 4 | {last['good_max_at_border_s4']:.2f} | {last['image_auroc_s4']:.3f} |" in text
+    assert text.rstrip().endswith("The square was found.")
+
+
+def test_dark_map_keeps_only_where_the_part_is_darker_than_its_reconstruction():
+    x = torch.zeros(2, 3, 8, 8)
+    x[0, :, 2, 3] = -2.0  # darker than the (zero) reconstruction
+    x[1, :, 5, 5] = 3.0  # brighter
+    both, dark = sweep.error_maps(lambda t: torch.zeros_like(t), x, "cpu")
+    assert both[0, 0, 2, 3] == 4.0 and both[1, 0, 5, 5] == 9.0
+    assert dark[0, 0, 2, 3] == 4.0 and dark[1].abs().sum() == 0.0
+
+
+def test_border_share_counts_maps_that_peak_near_the_edge():
+    maps = torch.zeros(4, 1, 32, 32)
+    maps[0, 0, 0, 16] = maps[1, 0, 16, 31 - 3] = 1.0  # on the top edge; 3 px from the right one
+    maps[2, 0, 16, 16] = maps[3, 0, 10, 20] = 1.0  # inside
+    assert sweep.border_share(maps, margin=8) == 0.5
+    assert sweep.border_share(maps, margin=3) == 0.25
