@@ -27,31 +27,52 @@ struct Broker {
 
 impl Broker {
     fn start(dir: &Path) -> Broker {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        // As root, Mosquitto would switch to its own user, who cannot write the test's folder.
-        let user = if unsafe { libc::geteuid() } == 0 { "user root\n" } else { "" };
-        let conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\n{user}",
-            dir.display()
-        );
-        std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
-        let mut b = Broker { dir: dir.to_path_buf(), port, child: None };
-        b.restart();
-        b
+        // The free port is probed, then given to Mosquitto: another test may take it in between
+        // (tests run in parallel), and Mosquitto then exits; a fresh port is tried.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            // As root, Mosquitto would switch to its own user, who cannot write the test's folder.
+            let user = if unsafe { libc::geteuid() } == 0 { "user root\n" } else { "" };
+            let conf = format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\n{user}",
+                dir.display()
+            );
+            std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+            let mut b = Broker { dir: dir.to_path_buf(), port, child: None };
+            if b.launch() {
+                return b;
+            }
+        }
+        panic!("mosquitto found no free port: see {}", dir.join("broker.log").display());
     }
 
     fn restart(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
-        let child = Command::new(mosquitto())
+        assert!(self.launch(), "mosquitto did not start again on {}: see {}", self.port, self.dir.display());
+    }
+
+    /// Starts Mosquitto; true once it says it runs and accepts on the port (a listener of another
+    /// test on a taken port would accept too), false when it exited (the port was taken).
+    fn launch(&mut self) -> bool {
+        let log_path = self.dir.join("broker.log");
+        let runs = || std::fs::read_to_string(&log_path).unwrap_or_default().matches(" running").count();
+        let before = runs();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let mut child = Command::new(mosquitto())
             .arg("-c")
             .arg(self.dir.join("mosquitto.conf"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("cannot start mosquitto");
-        self.child = Some(child);
         let t = Instant::now();
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            if runs() > before && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                return true;
+            }
             assert!(t.elapsed() < Duration::from_secs(10), "mosquitto did not listen on {}", self.port);
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -99,7 +120,9 @@ impl Subscriber {
     fn start(broker: &Broker, out: &Path) -> Subscriber {
         let file = std::fs::File::create(out).unwrap();
         let child = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1", "-c", "-i", "anovit-test-sub"])
+            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1", "-c"])
+            // One client id per broker: two subscribers with one id on one broker would take turns.
+            .args(["-i", &format!("anovit-test-sub-{}", broker.port)])
             .args(["-t", "anovit/#", "-F", "%t %x"])
             .stdout(file)
             .stderr(Stdio::null())
