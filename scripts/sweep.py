@@ -145,8 +145,9 @@ def evaluate(model, x_test, labels, kinds, masks, device, x_val=None, batch=16) 
             out[f"pixel_auroc_{tag}"] = float(roc_auc_score(masks[:, ::2, ::2].ravel(), px))
         return scores
 
-    for s in SIGMAS:
-        scores = figures(smooth(err, s), f"s{s:g}", s in (0.0, 4.0))
+    smoothed = {s: smooth(err, s) for s in SIGMAS}
+    for s, sm in smoothed.items():
+        scores = figures(sm, f"s{s:g}", s in (0.0, 4.0))
         per_kind = {}
         for k in sorted(set(kinds) - {"good"}):
             sel = (kinds == k) | (kinds == "good")
@@ -156,12 +157,12 @@ def evaluate(model, x_test, labels, kinds, masks, device, x_val=None, batch=16) 
     # reconstructed error (polarity), and the per-pixel reference of `anovit calibrate --reference`
     # (each pixel standardised by the validation images' smoothed maps, floor 0.1 x mean std).
     good = torch.from_numpy(np.asarray(labels) == 0)
-    out["good_max_at_border_s4"] = border_share(smooth(err, 4.0)[good])
+    out["good_max_at_border_s4"] = border_share(smoothed[4.0][good])
     figures(smooth(dark, 4.0), "s4_dark", True)
     if x_val is not None:
         ref = smooth(error_maps(model, x_val, device, batch)[0], 4.0)
         mean, std = ref.mean(dim=0), ref.std(dim=0, unbiased=False)
-        figures((smooth(err, 4.0) - mean) / (std + 0.1 * std.mean()), "s4_ref", True)
+        figures((smoothed[4.0] - mean) / (std + 0.1 * std.mean()), "s4_ref", True)
     return out
 
 

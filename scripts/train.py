@@ -135,7 +135,7 @@ def run_epoch(model, opt, x_train: torch.Tensor, args, gen: torch.Generator, cor
         xb = x_train[order[i:i + args.batch]]
         if args.corrupt_ratio <= 0:
             inp = xb
-        elif getattr(args, "corrupt_style", "patch") == "defects":
+        elif args.corrupt_style == "defects":
             inp = synth_defects(xb, args.corrupt_ratio, corrupt_gen)
         else:
             inp = corrupt(xb, args.corrupt_ratio, corrupt_gen)

@@ -1034,16 +1034,14 @@ fn calibrate(a: &CalibrateArgs) -> Result<()> {
     pb.finish_and_clear();
     let reference = if a.reference {
         let (r, loo) = anovit::calibrate::reference_from_maps(&maps)?;
-        // Where the maps peak once standardised: what the new reference leaves to the border.
-        let width = fs.spec().width();
-        at_border = maps
-            .iter()
-            .filter(|m| {
-                let z: Vec<f32> =
-                    m.iter().zip(&r.mean).zip(&r.std).map(|((v, mu), sd)| (v - mu) / (sd + r.floor)).collect();
-                anovit::scoring::peak_near_border(&z, width, fs.border_band())
-            })
-            .count();
+        // Where the maps peak once standardised as the runtime will: what the new reference leaves
+        // to the border.
+        let factors = r.factors();
+        for m in &mut maps {
+            anovit::scoring::standardise(m, &r.mean, &factors);
+        }
+        let (width, band) = (fs.spec().width(), fs.border_band());
+        at_border = maps.iter().filter(|m| anovit::scoring::peak_near_border(m, width, band)).count();
         println!(
             "scoring reference from {} good images: mean error {:.5}, mean spread {:.5}, floor {:.5}",
             maps.len(),

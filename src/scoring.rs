@@ -38,6 +38,19 @@ impl Reference {
         }
         Ok(Self { mean: v[..plane].to_vec(), std: v[plane..].to_vec(), floor })
     }
+
+    /// The per-pixel factors `1 / (std + floor)` [`standardise`] multiplies by, in f32.
+    pub fn factors(&self) -> Vec<f32> {
+        self.std.iter().map(|s| 1.0 / (s + self.floor)).collect()
+    }
+}
+
+/// `map[p] = (map[p] - mean[p]) * factors[p]`: a smoothed map standardised by a reference
+/// ([`Reference::factors`]), as the runtime scores with it.
+pub fn standardise(map: &mut [f32], mean: &[f32], factors: &[f32]) {
+    for ((v, m), k) in map.iter_mut().zip(mean).zip(factors) {
+        *v = (*v - m) * k;
+    }
 }
 
 /// Gaussian kernel of `sigma` with radius `floor(truncate * sigma + 0.5)`, normalised to 1.
@@ -196,7 +209,7 @@ impl Scorer {
     pub fn with_reference(mut self, reference: Option<&Reference>) -> Self {
         self.reference = reference.map(|r| {
             debug_assert_eq!(r.mean.len(), self.map.len());
-            (r.mean.clone(), r.std.iter().map(|s| 1.0 / (s + r.floor)).collect())
+            (r.mean.clone(), r.factors())
         });
         self
     }
@@ -237,9 +250,7 @@ impl Scorer {
         let (w, h) = (self.width, self.height);
         smooth(&self.tmp, &mut self.map, &mut self.rows, &mut self.pad, &mut self.start, w, h, &self.kernel);
         if let Some((mean, inv)) = &self.reference {
-            for ((v, m), k) in self.map.iter_mut().zip(mean).zip(inv) {
-                *v = (*v - m) * k;
-            }
+            standardise(&mut self.map, mean, inv);
         }
         // NaN tracked apart from the maximum, so that the loop vectorises.
         let (max, nan) = self.map.iter().fold((f32::NEG_INFINITY, false), |(m, nan), &v| (m.max(v), nan | v.is_nan()));
