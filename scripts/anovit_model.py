@@ -226,6 +226,98 @@ class CAE(nn.Module):
         return self.decoder(self.encoder(x))
 
 
+# The discriminative stage (DRAEM's segmentation network, sized for the board): a small U-Net.
+# `stem`: stride of its first convolution (the map's resolution is 1/stem of the input's, its
+# logits upsampled back); `chans`: encoder widths, one stride-2 level each after the stem;
+# `outs`: decoder widths, finest level first.
+DISC_SIZES = {
+    # 1/4 resolution, 0.14 GFLOP: the board size.
+    "edge": dict(stem=4, chans=(24, 32, 48, 64), outs=(16, 32, 48)),
+    # 1/2 resolution, 0.28 GFLOP: finer maps for very small defects, about twice the cost.
+    "fine": dict(stem=2, chans=(16, 32, 64, 64, 64), outs=(8, 16, 32, 32)),
+    # Test-only.
+    "tiny": dict(stem=2, chans=(4, 4, 4), outs=(4, 4)),
+}
+
+
+def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    k, pad = (3, 1) if stride <= 2 else (stride, 0)
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, pad, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
+
+
+def upsample(x: torch.Tensor, f: int) -> torch.Tensor:
+    """Nearest-neighbour upsampling by `f` as reshape and expand: plain ONNX shape ops that every
+    runtime and tract's NNEF plans carry (no Resize operator)."""
+    b, c, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(b, c, h, f, w, f).reshape(b, c, f * h, f * w)
+
+
+class Discriminator(nn.Module):
+    """A small U-Net that reads the image, its reconstruction and their squared difference (7
+    channels) and returns per-pixel anomaly logits (1 channel) at the input resolution: computed
+    at 1/stem of it and upsampled (nearest) at the end."""
+
+    def __init__(self, stem: int = 4, chans=(24, 32, 48, 64), outs=(16, 32, 48)):
+        super().__init__()
+        if len(outs) != len(chans) - 1:
+            raise ValueError("a U-Net of n encoder levels has n - 1 decoder levels")
+        self.stem = stem
+        strides = [stem] + [2] * (len(chans) - 1)
+        self.down = nn.ModuleList(conv_bn_relu(c_in, c_out, st)
+                                  for c_in, c_out, st in zip([7, *chans[:-1]], chans, strides))
+        below = [*outs[1:], chans[-1]]  # channels arriving from the level below
+        self.up = nn.ModuleList(conv_bn_relu(below[i] + chans[i], outs[i]) for i in range(len(outs)))
+        self.head = nn.Conv2d(outs[0], 1, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        err = ((x - recon) ** 2).mean(dim=1, keepdim=True)
+        h = torch.cat([x, recon, err], dim=1)
+        skips = []
+        for d in self.down:
+            h = d(h)
+            skips.append(h)
+        h = skips.pop()
+        for u in reversed(self.up):
+            h = u(torch.cat([upsample(h, 2), skips.pop()], dim=1))
+        return upsample(self.head(h), self.stem)
+
+
+class TwoStage(nn.Module):
+    """AnoViT (the reconstructive stage) and the discriminative stage in one graph:
+    image -> (reconstruction, anomaly logits)."""
+
+    def __init__(self, recon: nn.Module, disc: Discriminator):
+        super().__init__()
+        self.recon, self.disc = recon, disc
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r = self.recon(x)
+        return r, self.disc(x, r)
+
+
+def build_disc(size: str) -> Discriminator:
+    if size not in DISC_SIZES:
+        raise ValueError(f"unknown discriminative size {size!r}; expected one of {sorted(DISC_SIZES)}")
+    return Discriminator(**DISC_SIZES[size])
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float = 0.75) -> torch.Tensor:
+    """Binary focal loss (Lin et al. 2017), mean over pixels: defect pixels are a tiny share, so
+    the well-classified background is down-weighted by (1 - p_t)^gamma; `alpha` weights the
+    defect class."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p = torch.sigmoid(logits)
+    p_t = p * target + (1 - p) * (1 - target)
+    a_t = alpha * target + (1 - alpha) * (1 - target)
+    return (a_t * (1 - p_t) ** gamma * bce).mean()
+
+
 SIZE_NAMES = sorted([*SIZES, *CAE_SIZES])
 
 
@@ -250,21 +342,25 @@ def reconstruction_loss(model: nn.Module, inp: torch.Tensor, target: torch.Tenso
     return d.sum() / (m.sum() * target.shape[1])
 
 
-def arch_dict(size: str, inpaint: int = 1) -> dict:
+def arch_dict(size: str, inpaint: int = 1, disc_size: str | None = None) -> dict:
     """The manifest's informative `model.arch` object."""
     if size in CAE_SIZES:
         cfg = CAE_SIZES[size]
-        return {"kind": "cae", "size": size, "dim": cfg["dim"], "encoder": list(cfg["encoder"]),
+        arch = {"kind": "cae", "size": size, "dim": cfg["dim"], "encoder": list(cfg["encoder"]),
                 "refine": cfg["refine"], "decoder": list(cfg["decoder"])}
-    cfg = SIZES[size]
-    return {"kind": "anovit", "size": size, "dim": cfg["dim"], "depth": cfg["depth"], "heads": cfg["heads"],
-            "mlp_ratio": float(cfg["mlp_ratio"]), "patch": PATCH, "decoder": list(cfg["decoder"]),
-            "inpaint_phases": inpaint}
+    else:
+        cfg = SIZES[size]
+        arch = {"kind": "anovit", "size": size, "dim": cfg["dim"], "depth": cfg["depth"], "heads": cfg["heads"],
+                "mlp_ratio": float(cfg["mlp_ratio"]), "patch": PATCH, "decoder": list(cfg["decoder"]),
+                "inpaint_phases": inpaint}
+    if disc_size is not None:
+        arch["discriminative"] = {"kind": "unet", "size": disc_size, **DISC_SIZES[disc_size]}
+    return arch
 
 
 def count_params(model: nn.Module) -> int:
     """Parameters used at inference (the training-only mask token excluded)."""
-    return sum(p.numel() for name, p in model.named_parameters() if name != "mask_token")
+    return sum(p.numel() for name, p in model.named_parameters() if name.split(".")[-1] != "mask_token")
 
 
 @torch.no_grad()
@@ -330,3 +426,7 @@ if __name__ == "__main__":
     for name in ("edge", "paper"):
         m = build(name)
         print(f"{name}: {count_params(m) / 1e6:.2f} M params, {count_gflop(m, 224):.3f} GFLOP per 224x224 frame")
+    for name in DISC_SIZES:
+        d = build_disc(name)
+        print(f"discriminative {name}: {count_params(d) / 1e6:.3f} M params, "
+              f"{count_gflop(TwoStage(build('edge'), d), 224) - count_gflop(build('edge'), 224):.3f} GFLOP per frame")

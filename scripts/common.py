@@ -235,6 +235,25 @@ def score(inp: np.ndarray, recon: np.ndarray, sigma: float, truncate: float) -> 
     return float(smooth(error_map(inp, recon), sigma, truncate).max())
 
 
+SCORING_KINDS = ("reconstruction_error", "learned_map")
+
+
+def scoring_kind(scoring: dict) -> str:
+    """The manifest's `scoring.kind`; bundles from before the learned map have none."""
+    kind = scoring.get("kind", "reconstruction_error")
+    if kind not in SCORING_KINDS:
+        raise ValueError(f"unknown scoring kind {kind!r}; expected one of {SCORING_KINDS}")
+    return kind
+
+
+def learned_map(logits: np.ndarray) -> np.ndarray:
+    """The learned anomaly map from the discriminative stage's logits (1, H, W) or (H, W):
+    the per-pixel probability 1 / (1 + exp(-l)), in f32 as the runtime computes it."""
+    lg = np.asarray(logits, np.float32).reshape(logits.shape[-2:])
+    with np.errstate(over="ignore"):
+        return (np.float32(1.0) / (np.float32(1.0) + np.exp(-lg))).astype(np.float32)
+
+
 def threshold_good_quantile(good_scores, target_false_reject: float, margin: float) -> dict:
     """The `threshold` section from held-out good scores: q(1 - target) + margin * std."""
     s = np.asarray(good_scores, dtype=np.float64)
@@ -329,18 +348,36 @@ class OrtModel:
         self.pre = Preprocess.from_manifest(self.manifest["input"])
         self.input_name = self.manifest["input"]["name"]
         self.output_name = self.manifest["outputs"]["reconstruction"]
+        self.kind = scoring_kind(self.manifest["scoring"])
+        self.map_name = self.manifest["outputs"].get("anomaly_map")
+        if self.kind == "learned_map" and not self.map_name:
+            raise ValueError(f"{bundle}: scoring kind learned_map needs outputs.anomaly_map")
         self.reference = load_reference(self.bundle, self.manifest)
 
     def reconstruct(self, x: np.ndarray) -> np.ndarray:
         """(3, H, W) normalised -> (3, H, W) reconstruction."""
         return self.session.run([self.output_name], {self.input_name: x[None]})[0][0]
 
-    def score(self, x: np.ndarray, sigma: float | None = None) -> float:
-        """The runtime's image score (the bundle's scoring reference included, where it has one
-        and the manifest's sigma is used)."""
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """(3, H, W) normalised -> (1, H, W) anomaly logits of the discriminative stage."""
+        return self.session.run([self.map_name], {self.input_name: x[None]})[0][0]
+
+    def raw_map(self, x: np.ndarray) -> np.ndarray:
+        """The anomaly map before smoothing (H, W), as the manifest's scoring kind defines it."""
+        if self.kind == "learned_map":
+            return learned_map(self.logits(x))
+        return error_map(x, self.reconstruct(x))
+
+    def score_map(self, raw: np.ndarray, sigma: float | None = None) -> np.ndarray:
+        """Smoothed (and, with the manifest's sigma, reference-standardised) map of a raw map."""
         sc = self.manifest["scoring"]
-        m = smooth(error_map(x, self.reconstruct(x)), sc["sigma"] if sigma is None else sigma, sc["truncate"])
+        m = smooth(raw, sc["sigma"] if sigma is None else sigma, sc["truncate"])
         if sigma is None and self.reference is not None:
             mean, inv = self.reference
             m = (m - mean) * inv
-        return float(m.max())
+        return m
+
+    def score(self, x: np.ndarray, sigma: float | None = None) -> float:
+        """The runtime's image score (the bundle's scoring reference included, where it has one
+        and the manifest's sigma is used)."""
+        return float(self.score_map(self.raw_map(x), sigma).max())

@@ -51,7 +51,7 @@ def main(args) -> dict:
     t0 = time.time()
     for smp in test:
         x = model.pre(common.load_rgb(smp.path))
-        err = common.error_map(x, model.reconstruct(x))
+        err = model.raw_map(x)
         for s in sigmas:
             scores[s].append(float(common.smooth(err, s, sc["truncate"]).max()))
     seconds = time.time() - t0

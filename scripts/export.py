@@ -27,7 +27,11 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, required=True, help="bundle directory")
     p.add_argument("--data", default=None, help="data set root (default: the one in the checkpoint)")
     p.add_argument("--name", default=None, help="bundle name (default: anovit-<size>-f32)")
-    p.add_argument("--sigma", type=float, default=4.0)
+    p.add_argument("--sigma", type=float, default=None,
+                   help="smoothing sigma (default: 4 for reconstruction error; for a learned map the one of "
+                        "--sigmas that best tells the validation goods from their synthetic anomalies)")
+    p.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 2.0, 4.0, 8.0],
+                   help="candidate sigmas for a learned map")
     p.add_argument("--truncate", type=float, default=4.0)
     p.add_argument("--target-false-reject", type=float, default=0.01)
     p.add_argument("--margin", type=float, default=1.0, help="threshold margin in std of the good scores")
@@ -36,15 +40,22 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def load_model(ckpt: dict) -> anovit_model.AnoViT:
+def load_model(ckpt: dict) -> nn.Module:
+    """The checkpoint's model: AnoViT (or the CAE), or both stages when it has a discriminative one."""
     model = anovit_model.build(ckpt["size"], ckpt["image_size"], inpaint=ckpt.get("inpaint", 1))
+    if ckpt.get("disc_size"):
+        model = anovit_model.TwoStage(model, anovit_model.build_disc(ckpt["disc_size"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 
 
-def fold_batchnorm(model: anovit_model.AnoViT) -> anovit_model.AnoViT:
+def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Folds each decoder BatchNorm (inference statistics) into the ConvTranspose before it, so
-    the exported graph carries no BatchNormalization at all."""
+    the exported graph carries no BatchNormalization at all (the discriminative stage's
+    Conv + BatchNorm pairs are folded by every runtime itself)."""
+    if isinstance(model, anovit_model.TwoStage):
+        fold_batchnorm(model.recon)
+        return model
     folded = []
     for stage in model.decoder:
         if isinstance(stage, nn.Sequential):
@@ -62,24 +73,51 @@ def fold_batchnorm(model: anovit_model.AnoViT) -> anovit_model.AnoViT:
     return model
 
 
+def output_names(model: nn.Module) -> list[str]:
+    return ["reconstruction", "anomaly_map"] if isinstance(model, anovit_model.TwoStage) else ["reconstruction"]
+
+
 def export_onnx(model: nn.Module, path: Path, image_size: int) -> None:
     dummy = torch.zeros(1, 3, image_size, image_size)
     warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
     # dynamo=False: the TorchScript exporter honours opset 17 (the dynamo one silently gives 18).
     torch.onnx.export(model, (dummy,), str(path), opset_version=17, dynamo=False, input_names=["image"],
-                      output_names=["reconstruction"], do_constant_folding=True)
+                      output_names=output_names(model), do_constant_folding=True)
+
+
+def torch_outputs(model: nn.Module, x: np.ndarray) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = model(torch.from_numpy(x)[None])
+    return [o.numpy()[0] for o in (out if isinstance(out, tuple) else (out,))]
 
 
 def parity_check(model: nn.Module, ort_model: common.OrtModel, images: list[np.ndarray], tol: float) -> float:
-    """Worst relative L2 between onnxruntime and PyTorch reconstructions; raises above tol."""
+    """Worst relative L2 between onnxruntime and PyTorch over every output (reconstruction, and
+    the learned map's probabilities where there is one); raises above tol."""
     worst = 0.0
-    with torch.no_grad():
-        for x in images:
-            ref = model(torch.from_numpy(x)[None]).numpy()[0]
-            worst = max(worst, common.rel_l2(ort_model.reconstruct(x), ref))
+    for x in images:
+        ref = torch_outputs(model, x)
+        worst = max(worst, common.rel_l2(ort_model.reconstruct(x), ref[0]))
+        if len(ref) > 1:
+            worst = max(worst, common.rel_l2(ort_model.raw_map(x), common.learned_map(ref[1])))
     if not worst < tol:
         raise SystemExit(f"PARITY FAILED: onnxruntime vs PyTorch relative L2 {worst:.3e} >= {tol:.0e}")
     return worst
+
+
+def choose_sigma(ort_model: common.OrtModel, val: list[np.ndarray], seed: int, sigmas: list[float],
+                 truncate: float) -> dict:
+    """The image score's smoothing for a learned map, chosen on validation goods only: the sigma
+    whose max-of-smoothed-map best separates the goods from synthetic anomalies made on them
+    (train.synthetic_validation, the set the training chose its epoch by). Ties: the smaller."""
+    import train
+
+    x, masks = train.synthetic_validation(torch.from_numpy(np.stack(val)), seed)
+    labels = masks.flatten(1).amax(dim=1).numpy() > 0.5
+    raws = [ort_model.raw_map(xi) for xi in x.numpy()]
+    aurocs = {s: common.auroc(labels, [common.smooth(r, s, truncate).max() for r in raws]) for s in sigmas}
+    best = max(sigmas, key=lambda s: (round(aurocs[s], 6), -s))
+    return {"sigma": best, "synthetic_image_auroc": {str(s): round(a, 6) for s, a in aurocs.items()}}
 
 
 def base_manifest(name: str, model_file: Path, precision: str, model: dict, inp: dict, scoring: dict) -> dict:
@@ -98,7 +136,7 @@ def base_manifest(name: str, model_file: Path, precision: str, model: dict, inp:
             "gflop": round(float(model["gflop"]), 4),
         },
         "input": inp,
-        "outputs": {"reconstruction": "reconstruction"},
+        "outputs": {name: name for name in model.get("outputs", ["reconstruction"])},
         "scoring": scoring,
     }
 
@@ -120,8 +158,16 @@ def main(args) -> dict:
     export_onnx(fold_batchnorm(load_model(ckpt)), model_file, ckpt["image_size"])
 
     name = args.name or f"anovit-{ckpt['size']}-f32"
-    scoring = {"error": "squared_mean_channels", "sigma": args.sigma, "truncate": args.truncate, "reduction": "max"}
-    manifest = base_manifest(name, model_file, "f32", ckpt, ckpt["input"], scoring)
+    learned = bool(ckpt.get("disc_size"))
+    if learned:
+        # Sigma chosen below, once onnxruntime can score; 0 until then.
+        scoring = {"kind": "learned_map", "error": "sigmoid", "sigma": args.sigma or 0.0, "truncate": args.truncate,
+                   "reduction": "max"}
+    else:
+        scoring = {"error": "squared_mean_channels", "sigma": 4.0 if args.sigma is None else args.sigma,
+                   "truncate": args.truncate, "reduction": "max"}
+    manifest = base_manifest(name, model_file, "f32", {**ckpt, "outputs": output_names(reference)}, ckpt["input"],
+                             scoring)
     manifest["training"] = {k: v for k, v in ckpt["training"].items() if k != "layout"}
     # Written without a threshold first (the runtime refuses such a bundle) so that OrtModel can
     # load it; a failed parity check therefore never leaves a usable bundle behind.
@@ -129,6 +175,14 @@ def main(args) -> dict:
 
     ort_model = common.OrtModel(args.out)
     parity = parity_check(reference, ort_model, parity_inputs, args.parity_tol)
+    if learned and args.sigma is None:
+        chosen = choose_sigma(ort_model, val, ckpt["training"]["seed"], args.sigmas, args.truncate)
+        manifest["scoring"]["sigma"] = chosen["sigma"]
+        manifest["scoring"]["chosen_by"] = chosen
+        common.write_manifest(args.out, manifest)
+        ort_model = common.OrtModel(args.out)
+        print(f"sigma {chosen['sigma']} (synthetic image AUROC on the validation goods by sigma: "
+              f"{chosen['synthetic_image_auroc']})")
     t0 = time.time()
     val_scores = [ort_model.score(x) for x in val]
     ms = 1000 * (time.time() - t0) / len(val)

@@ -21,7 +21,7 @@ models=()
 for size in $SIZES; do
     # Trained, exported and quantised once; compiled every time (plans follow the runtime's code).
     if [ ! -f "$OUT/$size-int8/manifest.json" ]; then
-        "$PY" scripts/train.py --data "$OUT/data" --size "$size" --epochs 1 --batch 8 --patience 1 \
+        "$PY" scripts/train.py --data "$OUT/data" --recipe reconstruction --size "$size" --epochs 1 --batch 8 --patience 1 \
             --out "$OUT/$size.pt" >"$OUT/$size.log" 2>&1
         "$PY" scripts/export.py --ckpt "$OUT/$size.pt" --out "$OUT/$size-f32" --parity-images 1 >>"$OUT/$size.log" 2>&1
         "$PY" scripts/quantize.py --bundle "$OUT/$size-f32" --out "$OUT/$size-int8" --data "$OUT/data" \

@@ -17,7 +17,7 @@ PY=${PYTHON:-.venv/bin/python}
 DATA=out/demo-data
 MORE=out/demo-data-more
 GOOD=out/calib-goods
-COMMON=(--data "$DATA" --layout mvtec --size edge --image-size 224 --batch 8 --seed 0 --val-fraction 0.2
+COMMON=(--data "$DATA" --layout mvtec --recipe reconstruction --size edge --image-size 224 --batch 8 --seed 0 --val-fraction 0.2
         --patience 12 --threads 2)
 
 cargo build --release

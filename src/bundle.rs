@@ -119,12 +119,40 @@ impl InputSpec {
 pub struct Outputs {
     /// The reconstruction, same shape as the input.
     pub reconstruction: String,
+    /// The discriminative stage's anomaly logits, `[1, 1, H, W]` (bundles scored by a learned map).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly_map: Option<String>,
+}
+
+/// Where the anomaly map comes from (docs/BUNDLE.md, Scoring).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoringKind {
+    /// The channels' mean squared error between input and reconstruction (bundles without a
+    /// `kind` are this).
+    #[default]
+    ReconstructionError,
+    /// The sigmoid of the discriminative stage's logits (`outputs.anomaly_map`).
+    LearnedMap,
+}
+
+impl ScoringKind {
+    /// The `scoring.error` this kind requires.
+    pub fn error(self) -> &'static str {
+        match self {
+            ScoringKind::ReconstructionError => "squared_mean_channels",
+            ScoringKind::LearnedMap => "sigmoid",
+        }
+    }
 }
 
 /// Scoring parameters.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ScoringSpec {
-    /// `squared_mean_channels`.
+    /// Where the map comes from.
+    #[serde(default)]
+    pub kind: ScoringKind,
+    /// How the map is made from the model output: `squared_mean_channels` or `sigmoid`.
     pub error: String,
     /// Gaussian sigma in model-input pixels; 0 disables smoothing.
     pub sigma: f32,
@@ -306,6 +334,16 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl Manifest {
+    /// The output the scorer reads and its shape: the reconstruction `[1, 3, H, W]`, or for a
+    /// learned map the anomaly logits `[1, 1, H, W]`.
+    pub fn scored_output(&self) -> (&str, [usize; 4]) {
+        let (h, w) = (self.input.height(), self.input.width());
+        match (self.scoring.kind, &self.outputs.anomaly_map) {
+            (ScoringKind::LearnedMap, Some(name)) => (name, [1, 1, h, w]),
+            _ => (&self.outputs.reconstruction, [1, 3, h, w]),
+        }
+    }
+
     /// Parses and validates manifest JSON. The error names the offending field.
     pub fn parse(text: &str) -> std::result::Result<Manifest, String> {
         let m: Manifest = serde_json::from_str(text).map_err(|e| format!("not a valid manifest: {e}"))?;
@@ -363,8 +401,11 @@ impl Manifest {
             return Err("`outputs.reconstruction` is empty".into());
         }
         let s = &self.scoring;
-        if s.error != "squared_mean_channels" {
-            return Err(format!("`scoring.error` is {:?}, only \"squared_mean_channels\" is supported", s.error));
+        if s.error != s.kind.error() {
+            return Err(format!("`scoring.error` is {:?}, a {:?} bundle needs {:?}", s.error, s.kind, s.kind.error()));
+        }
+        if s.kind == ScoringKind::LearnedMap && self.outputs.anomaly_map.as_deref().is_none_or(str::is_empty) {
+            return Err("`outputs.anomaly_map` is missing: a learned_map bundle scores the model's anomaly map".into());
         }
         if s.reduction != "max" {
             return Err(format!("`scoring.reduction` is {:?}, only \"max\" is supported", s.reduction));
@@ -440,5 +481,25 @@ pub(crate) mod tests {
             assert!(e.contains(field), "{e:?} should name {field}");
         }
         assert!(Manifest::parse("{ not json").unwrap_err().contains("not a valid manifest"));
+    }
+
+    #[test]
+    fn a_learned_map_bundle_names_its_map_output_and_error() {
+        let old = Manifest::parse(&sample_json().to_string()).unwrap();
+        assert_eq!(old.scoring.kind, ScoringKind::ReconstructionError);
+        assert_eq!(old.scored_output(), ("reconstruction", [1, 3, 32, 48]));
+        let mut j = sample_json();
+        j["scoring"]["kind"] = "learned_map".into();
+        j["scoring"]["error"] = "sigmoid".into();
+        let e = Manifest::parse(&j.to_string()).unwrap_err();
+        assert!(e.contains("outputs.anomaly_map"), "{e}");
+        j["outputs"]["anomaly_map"] = "anomaly_map".into();
+        let m = Manifest::parse(&j.to_string()).unwrap();
+        assert_eq!(m.scored_output(), ("anomaly_map", [1, 1, 32, 48]));
+        j["scoring"]["error"] = "squared_mean_channels".into();
+        let e = Manifest::parse(&j.to_string()).unwrap_err();
+        assert!(e.contains("scoring.error") && e.contains("sigmoid"), "{e}");
+        j["scoring"]["kind"] = "magic".into();
+        assert!(Manifest::parse(&j.to_string()).unwrap_err().contains("not a valid manifest"));
     }
 }

@@ -95,9 +95,9 @@ fn mismatch(path: &Path, why: String) -> Error {
 }
 
 /// Reads the bundle's model file into a typed model with the manifest's input shape, and checks
-/// its inputs and outputs against the manifest. Returns the model and the reconstruction output's
-/// index.
-pub fn load_typed(bundle: &Bundle) -> Result<(TypedModel, usize)> {
+/// its inputs and outputs against the manifest. The model's one output is then the one the scorer
+/// reads ([`Manifest::scored_output`]).
+pub fn load_typed(bundle: &Bundle) -> Result<TypedModel> {
     let path = bundle.model_path();
     let m = &bundle.manifest;
     let typed = match m.model.format() {
@@ -119,11 +119,9 @@ pub fn load_typed(bundle: &Bundle) -> Result<(TypedModel, usize)> {
         .iter()
         .map(|o| typed.outlet_label(*o).map(str::to_string).unwrap_or_else(|| typed.node(o.node).name.clone()))
         .collect();
-    let Some(out_index) = outputs.iter().position(|n| *n == m.outputs.reconstruction) else {
-        return Err(mismatch(
-            &path,
-            format!("outputs are {outputs:?}, the manifest expects {:?}", m.outputs.reconstruction),
-        ));
+    let (name, out_shape) = m.scored_output();
+    let Some(out_index) = outputs.iter().position(|n| n == name) else {
+        return Err(mismatch(&path, format!("outputs are {outputs:?}, the manifest expects {name:?}")));
     };
     let shape = &m.input.shape[..];
     let in_fact = typed.input_fact(0).map_err(&err)?;
@@ -131,13 +129,17 @@ pub fn load_typed(bundle: &Bundle) -> Result<(TypedModel, usize)> {
         return Err(mismatch(&path, format!("input is {in_fact:?}, the manifest says f32 {shape:?}")));
     }
     let out_fact = typed.output_fact(out_index).map_err(&err)?;
-    if out_fact.shape.as_concrete() != Some(shape) {
-        return Err(mismatch(
-            &path,
-            format!("output {:?} has shape {:?}, expected {shape:?}", m.outputs.reconstruction, out_fact.shape),
-        ));
+    if out_fact.shape.as_concrete() != Some(&out_shape[..]) {
+        return Err(mismatch(&path, format!("output {name:?} has shape {:?}, expected {out_shape:?}", out_fact.shape)));
     }
-    Ok((typed, out_index))
+    // Only the output the scorer reads leaves the plan (a learned map's reconstruction is
+    // still computed, as the discriminative stage's input, but never copied out).
+    let mut typed = typed;
+    if outputs.len() > 1 {
+        let keep = typed.output_outlets().map_err(&err)?[out_index];
+        typed.select_output_outlets(&[keep]).map_err(&err)?;
+    }
+    Ok(typed)
 }
 
 #[cfg(feature = "onnx")]
@@ -208,7 +210,6 @@ pub struct Model {
     #[cfg(feature = "threads")]
     executor: Option<tract_linalg::multithread::Executor>,
     shape: [usize; 4],
-    out_index: usize,
     recon: Vec<f32>,
 }
 
@@ -223,9 +224,10 @@ impl Model {
     /// optimised plan with one state.
     pub fn load(bundle: &Bundle) -> Result<Model> {
         let path = bundle.model_path();
-        let (typed, out_index) = load_typed(bundle)?;
+        let typed = load_typed(bundle)?;
         let s = &bundle.manifest.input.shape;
         let shape = [s[0], s[1], s[2], s[3]];
+        let out_len: usize = bundle.manifest.scored_output().1.iter().product();
         let optimised = |typed: TypedModel| -> TractResult<TypedModel> {
             // The encoder's element-wise chains as single operators (src/fuse.rs); they are
             // matched in the decluttered form.
@@ -244,8 +246,7 @@ impl Model {
             #[cfg(feature = "threads")]
             executor: None,
             shape,
-            out_index,
-            recon: vec![0.0; shape.iter().product()],
+            recon: vec![0.0; out_len],
         })
     }
 
@@ -285,7 +286,8 @@ impl Model {
         self.shape
     }
 
-    /// Runs one frame; returns the reconstruction (NCHW). Errors are reported as a kind so
+    /// Runs one frame; returns the output the scorer reads (`Manifest::scored_output`: the
+    /// reconstruction, NCHW, or the anomaly logits). Errors are reported as a kind so
     /// that the loop can count them and reject the part.
     pub fn infer(&mut self, input: &[f32]) -> std::result::Result<&[f32], InferError> {
         let t = Tensor::from_shape(&self.shape, input).map_err(|_| InferError::BadInput)?;
@@ -298,7 +300,7 @@ impl Model {
         #[cfg(not(feature = "threads"))]
         let out = state.run(tvec!(t.into()));
         let out = out.map_err(|_| InferError::Engine)?;
-        let view = out.get(self.out_index).ok_or(InferError::Engine)?;
+        let view = out.first().ok_or(InferError::Engine)?;
         let s = view.try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).map_err(|_| InferError::Engine)?;
         if s.len() != self.recon.len() {
             return Err(InferError::Engine);
@@ -404,7 +406,7 @@ pub fn compile(bundle: &Bundle, out: &Path) -> Result<Compiled> {
     if bundle.manifest.model.format() != ModelFormat::Onnx {
         return Err(mismatch(&src, "`anovit compile` takes an ONNX bundle; this one is already a plan".into()));
     }
-    let (typed, _) = load_typed(bundle)?;
+    let typed = load_typed(bundle)?;
     let typed = typed.into_decluttered().map_err(tract_err(&src))?;
     let mut int8_products = None;
     if bundle.manifest.model.precision == "int8" {

@@ -2,7 +2,7 @@
 //!
 //! Pure arithmetic on buffers allocated once; the same steps as `scripts/common.py`.
 
-use crate::bundle::ScoringSpec;
+use crate::bundle::{ScoringKind, ScoringSpec};
 
 /// Per-pixel statistics of good parts' smoothed error maps (`anovit calibrate --reference`).
 /// With it, the map becomes `(map - mean) / (std + floor)`: how unusual the error is *at that
@@ -155,6 +155,16 @@ crate::simd::multiversion! {
     }
 }
 
+crate::simd::multiversion! {
+    /// The learned anomaly map before smoothing: per pixel, the probability `1 / (1 + e^-l)` of
+    /// the discriminative stage's logit (NaN stays NaN).
+    fn sigmoid(out: &mut [f32], logits: &[f32]) {
+        for (p, &l) in out.iter_mut().zip(logits) {
+            *p = 1.0 / (1.0 + (-l).exp());
+        }
+    }
+}
+
 /// Whether the (first) maximum of a row-major map `width` pixels wide lies within `band` pixels
 /// of its edge. Reconstructions are weakest at the image border, and on Magnetic Tile the good
 /// parts' maps peak there (docs/SWEEP.md, grid 3), so their threshold is set by the border rather
@@ -176,6 +186,7 @@ pub fn peak_near_border(map: &[f32], width: usize, band: usize) -> bool {
 /// Turns reconstructions into anomaly maps and scores, reusing its buffers.
 #[derive(Debug)]
 pub struct Scorer {
+    kind: ScoringKind,
     width: usize,
     height: usize,
     kernel: Vec<f32>,
@@ -193,6 +204,7 @@ impl Scorer {
     pub fn new(width: usize, height: usize, spec: &ScoringSpec) -> Self {
         let kernel = gaussian_kernel(spec.sigma, spec.truncate);
         Self {
+            kind: spec.kind,
             width,
             height,
             pad: vec![0.0; width + 2 * (kernel.len() / 2)],
@@ -240,13 +252,22 @@ impl Scorer {
         peak_near_border(&self.map, self.width, self.border_band())
     }
 
-    /// Scores one frame from its model input and reconstruction (both NCHW, 3 channels).
-    /// A non-finite reconstruction gives a NaN score, which the decision treats as a fault.
-    pub fn score(&mut self, input: &[f32], recon: &[f32]) -> f32 {
+    /// Scores one frame from its model input (NCHW, 3 channels) and the model output the
+    /// bundle scores: the reconstruction (NCHW, 3 channels) or the anomaly logits (one plane).
+    /// A non-finite output gives a NaN score, which the decision treats as a fault.
+    pub fn score(&mut self, input: &[f32], output: &[f32]) -> f32 {
         let plane = self.width * self.height;
         debug_assert_eq!(input.len(), 3 * plane);
-        debug_assert_eq!(recon.len(), 3 * plane);
-        squared_error(&mut self.tmp, input, recon);
+        match self.kind {
+            ScoringKind::ReconstructionError => {
+                debug_assert_eq!(output.len(), 3 * plane);
+                squared_error(&mut self.tmp, input, output);
+            }
+            ScoringKind::LearnedMap => {
+                debug_assert_eq!(output.len(), plane);
+                sigmoid(&mut self.tmp, output);
+            }
+        }
         let (w, h) = (self.width, self.height);
         smooth(&self.tmp, &mut self.map, &mut self.rows, &mut self.pad, &mut self.start, w, h, &self.kernel);
         if let Some((mean, inv)) = &self.reference {
@@ -268,6 +289,7 @@ mod tests {
 
     fn spec(sigma: f32) -> ScoringSpec {
         ScoringSpec {
+            kind: ScoringKind::ReconstructionError,
             error: "squared_mean_channels".into(),
             sigma,
             truncate: 4.0,
@@ -337,6 +359,29 @@ mod tests {
         // A NaN pixel (a faulty frame, refused elsewhere) is not taken for the peak.
         assert!(!at(28, 28, Some(0)));
         assert_eq!(Scorer::new(20, 224, &spec(0.0)).border_band(), 1);
+    }
+
+    #[test]
+    fn a_learned_map_is_the_sigmoid_of_the_logits_smoothed() {
+        let learned = |sigma| ScoringSpec { kind: ScoringKind::LearnedMap, error: "sigmoid".into(), ..spec(sigma) };
+        // Unsmoothed: the map is exactly the per-pixel probability; the input is not read.
+        let mut s = Scorer::new(3, 1, &learned(0.0));
+        let logits = [0.0, 2.0, -30.0];
+        let score = s.score(&[9.0; 9], &logits);
+        let want: Vec<f32> = logits.iter().map(|&l: &f32| 1.0 / (1.0 + (-l).exp())).collect();
+        assert_eq!(s.map(), &want[..]);
+        assert_eq!(score, want[1]);
+        assert_eq!(s.map()[0], 0.5);
+        assert!(s.map()[2] < 1e-12);
+        // Smoothed: one confident pixel in a quiet plane scores its probability times the
+        // kernel's centre weight squared, plus the quiet pixels' share around it.
+        let mut s = Scorer::new(9, 7, &learned(1.0));
+        let mut logits = vec![-40.0; 63];
+        logits[3 * 9 + 4] = 40.0;
+        let k = gaussian_kernel(1.0, 4.0);
+        assert!((s.score(&[0.0; 3 * 63], &logits) - k[4] * k[4]).abs() < 1e-6);
+        logits[0] = f32::NAN;
+        assert!(s.score(&[0.0; 3 * 63], &logits).is_nan());
     }
 
     #[test]

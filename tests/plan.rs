@@ -137,7 +137,7 @@ fn int8_bundles_compile_into_integer_plans_and_int8_refuses_f32() {
     // (32 channels in: faster in f32, `deconv::INT8_MIN_INNER`) in integers.
     assert!(out.contains("int8, 27 weight products in integers"), "{out}");
     let plan = Bundle::load(&d.path().join("plan8")).unwrap();
-    let (typed, _) = anovit::model::load_typed(&plan).unwrap();
+    let typed = anovit::model::load_typed(&plan).unwrap();
     assert_eq!(anovit::quant::census(&typed), (0, 27));
 
     let o = compile("models/demo-f32", "plan32");

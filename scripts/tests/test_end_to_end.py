@@ -44,7 +44,8 @@ def run(tmp_path_factory):
     data = tmp / "data"
     make_dataset(data)
     ckpt = tmp / "tiny.pt"
-    common_args = ["--data", str(data), "--size", "tiny", "--image-size", "64", "--batch", "4", "--val-fraction", "0.25"]
+    common_args = ["--data", str(data), "--recipe", "reconstruction", "--size", "tiny", "--image-size", "64", "--batch", "4",
+                   "--val-fraction", "0.25"]
     stage1 = tmp / "stage1.pt"
     train.train(train.parse_args(common_args + ["--epochs", "2", "--mask-ratio", "0.5", "--out", str(stage1)]))
     # Second stage as in the demo recipe: continue from stage 1 with corrupted inputs.

@@ -128,9 +128,9 @@ def test_inpainting_bundle_runs_in_tract_as_in_onnxruntime(tmp_path):
     data = tmp_path / "data"
     make_dataset(data)
     ckpt = tmp_path / "inp.pt"
-    train.train(train.parse_args(["--data", str(data), "--size", "tiny", "--image-size", "64", "--batch", "4",
-                                  "--val-fraction", "0.25", "--epochs", "2", "--inpaint", "4",
-                                  "--corrupt-ratio", "0.1", "--out", str(ckpt)]))
+    train.train(train.parse_args(["--data", str(data), "--recipe", "reconstruction", "--size", "tiny",
+                                  "--image-size", "64", "--batch", "4", "--val-fraction", "0.25", "--epochs", "2",
+                                  "--inpaint", "4", "--corrupt-ratio", "0.1", "--out", str(ckpt)]))
     f32, int8 = tmp_path / "f32", tmp_path / "int8"
     export.main(export.parse_args(["--ckpt", str(ckpt), "--out", str(f32), "--sigma", "2"]))
     quantize.main(quantize.parse_args(["--bundle", str(f32), "--out", str(int8), "--data", str(data),
