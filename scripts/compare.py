@@ -101,7 +101,7 @@ def sh(cmd: list, log: Path) -> None:
         sys.exit(f"failed ({r.returncode}): {' '.join(str(c) for c in cmd)}; see {log}")
 
 
-def run_one(ds: str, model: str, py: str) -> dict:
+def run_one(ds: str, model: str, py: str, threads: int = 2) -> dict:
     cfg, rc = DATASETS[ds], RUNS[model]
     data = DATA / cfg["path"]
     run = OUT / f"{ds}-{model}"
@@ -109,7 +109,7 @@ def run_one(ds: str, model: str, py: str) -> dict:
     log = run / "log.txt"
     log.write_text("")
     common_args = ["--data", data, "--layout", cfg["layout"], "--recipe", "reconstruction", "--size", rc["size"], "--image-size", "224",
-                   "--batch", "8", "--seed", rc.get("seed", 0), "--val-fraction", "0.1", "--patience", "12", "--threads", "2"]
+                   "--batch", "8", "--seed", rc.get("seed", 0), "--val-fraction", "0.1", "--patience", "12", "--threads", threads]
     t0 = time.time()
     if "weights_of" in rc:
         ckpt = OUT / f"{ds}-{rc['weights_of']}" / "model.pt"
@@ -300,6 +300,7 @@ def main() -> None:
     p.add_argument("--reeval-int8", action="store_true",
                    help="with --reuse: evaluate the finished runs' int8 bundles again (f32 results kept)")
     p.add_argument("--results", type=Path, default=ROOT / "docs" / "RESULTS.md")
+    p.add_argument("--threads", type=int, default=2, help="training threads (1 when other jobs share the cores)")
     args = p.parse_args()
     if not DATA.is_dir():
         sys.exit(f"{DATA} not found: the comparison needs the shared data sets")
@@ -316,7 +317,7 @@ def main() -> None:
                 missing.append(f"{ds}-{model}")
                 continue
             else:
-                summaries.append(run_one(ds, model, py))
+                summaries.append(run_one(ds, model, py, args.threads))
             write_results(summaries, args.results, missing)  # after each run: a long job shows progress
     write_results(summaries, args.results, missing)
 

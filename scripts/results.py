@@ -65,7 +65,7 @@ def plan_ratio(run: Path, demo_plan: Path, log: Path) -> float:
     return medians[plan.name] / medians[demo_plan.name]
 
 
-def run_one(ds: str, seed: int, py: str, demo_plan: Path, threads: int) -> dict:
+def run_one(ds: str, seed: int, py: str, demo_plan: Path, threads: int, device: str = "cpu") -> dict:
     cfg = compare.DATASETS[ds]
     data = DATA / cfg["path"]
     run = OUT / f"{ds}-s{seed}"
@@ -75,7 +75,7 @@ def run_one(ds: str, seed: int, py: str, demo_plan: Path, threads: int) -> dict:
     if not ckpt.is_file() or (run / "model.pt.state").is_file():
         # The default recipe: nothing but data, layout, seed, output (and --resume after a stop).
         sh([py, "scripts/train.py", "--data", data, "--layout", cfg["layout"], "--seed", seed, "--threads", threads,
-            "--resume", "--out", ckpt], log)
+            "--device", device, "--resume", "--out", ckpt], log)
     bundles = {"f32": run / "f32", "int8": run / "int8"}
     sh([py, "scripts/export.py", "--ckpt", ckpt, "--out", bundles["f32"], "--name", f"{ds}-s{seed}-f32"], log)
     sh([py, "scripts/quantize.py", "--bundle", bundles["f32"], "--out", bundles["int8"], "--data", data,
@@ -86,7 +86,8 @@ def run_one(ds: str, seed: int, py: str, demo_plan: Path, threads: int) -> dict:
 
     trained = torch.load(ckpt, map_location="cpu", weights_only=False)
     out = {"dataset": ds, "model": MODEL, "seed": seed, "train_minutes": trained["train_seconds"] / 60,
-           "train_threads": trained["args"]["threads"], "steps": trained["args"]["steps"],
+           "train_threads": trained["args"]["threads"], "train_device": trained["args"]["device"],
+           "steps": trained["args"]["steps"],
            "epochs": manifest["training"]["epochs"], "params": manifest["model"]["params"],
            "gflop": manifest["model"]["gflop"], "sigma": manifest["scoring"]["sigma"], "results": {}}
     for prec, b in bundles.items():
@@ -152,6 +153,11 @@ def section(summaries: list[dict], baselines: list[dict], missing: list[str]) ->
                          f"| {spread([r['aupro'] for r in rows])} | {esc} | {fr} "
                          f"| {spread([r['train_minutes'] for r in rows])} "
                          f"| {spread(ratio) if ratio else '–'} |")
+    lines += ["", "How each run was trained (`train min` is wall time, with whatever else shared the cores):", ""]
+    for s_ in summaries:
+        lines.append(f"- {s_['dataset']} seed {s_['seed']}: {s_['steps']} steps ({s_['epochs']} epochs), "
+                     f"{s_['train_threads']} thread(s) on {s_.get('train_device', 'cpu')}, "
+                     f"{s_['train_minutes']:.0f} min; image score sigma {s_['sigma']:g}.")
     lines += ["", "Against the targets of issue 23 (f32 and int8, every seed):", ""]
     for ds, t in TARGETS.items():
         rows = [row(s, p) for s in summaries if s["dataset"] == ds for p in s["results"]]
@@ -189,6 +195,8 @@ def main() -> None:
     p.add_argument("--datasets", nargs="*", default=list(TARGETS), choices=list(TARGETS))
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=2, help="training threads")
+    p.add_argument("--device", default="cpu", help="training device (cuda on a GPU machine: the same recipe, "
+                                                   "results differ in the last bits; the rows say so)")
     p.add_argument("--reuse", action="store_true", help="keep finished runs (out/results/*/summary.json)")
     p.add_argument("--finished-only", action="store_true", help="with --reuse: train nothing, list what is missing")
     p.add_argument("--baselines", action="store_true", help="train the compare.py baselines that are missing")
@@ -211,7 +219,7 @@ def main() -> None:
             elif args.finished_only:
                 missing.append(f"{ds}-s{seed}")
             else:
-                summaries.append(run_one(ds, seed, sys.executable, demo_plan, args.threads))
+                summaries.append(run_one(ds, seed, sys.executable, demo_plan, args.threads, args.device))
         for model in BASELINES:
             done = compare.OUT / f"{ds}-{model}" / "summary.json"
             if done.is_file():

@@ -232,8 +232,9 @@ def evaluate_disc(model, x: torch.Tensor, masks: torch.Tensor, batch: int, devic
     with torch.no_grad():
         for i in range(0, len(x), batch):
             xb, mb = x[i:i + batch].to(device), masks[i:i + batch].to(device)
+            # rec: the reconstruction against the input as given (anomalous ones included), so
+            # the kept epoch is the one that reconstructs and segments this fixed set best.
             r, sg, logits = disc_batch(model, xb, xb, mb)
-            # Restoring the anomalous input is the task: compare with the clean twin where known.
             rec += r.item() * len(xb)
             seg += sg.item() * len(xb)
             probs.append(torch.sigmoid(logits).cpu())

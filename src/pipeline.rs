@@ -26,10 +26,10 @@ use crate::service::Notifier;
 pub use crate::telemetry::Outcome;
 use crate::telemetry::{write_event, Counters, Health, LatencyWindow, StageTimes};
 
-/// Something that turns a model input into a reconstruction: the tract model, or a wrapper
-/// around it in tests.
+/// Something that turns a model input into the output its bundle scores (a reconstruction, or
+/// a learned map's logits): the tract model, or a wrapper around it in tests.
 pub trait Engine {
-    /// Runs one input (NCHW f32) and returns the reconstruction.
+    /// Runs one input (NCHW f32) and returns the scored output (`Manifest::scored_output`).
     fn infer(&mut self, input: &[f32]) -> Result<&[f32], InferError>;
 }
 

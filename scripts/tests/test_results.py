@@ -12,7 +12,8 @@ def report(image, pixel, escapes, false_rejects):
 
 
 def summary(ds, seed, image, pixel=None, escapes=3):
-    return {"dataset": ds, "model": results.MODEL, "seed": seed, "train_minutes": 20.04,
+    return {"dataset": ds, "model": results.MODEL, "seed": seed, "train_minutes": 20.04, "steps": 2000, "epochs": 25,
+            "train_threads": 1, "sigma": 2.0,
             "plan_ms_ratio_vs_demo_int8": 1.1234,
             "results": {"f32": report(image, pixel, escapes, 1), "int8": report(image - 0.001, pixel, escapes, 1)}}
 
@@ -33,10 +34,11 @@ def test_the_section_states_each_target_as_reached_or_missed():
     runs = [summary("magnetic_tile", s, 0.96 - 0.02 * s, pixel=0.97, escapes=2 + 8 * s) for s in (0, 1)]
     runs.append(summary("kolektorsdd", 0, 0.99))
     text = results.section(runs, [], ["bsdata-s0"])
-    mt = next(line for line in text.splitlines() if line.startswith("- magnetic_tile"))
+    mt = next(line for line in text.splitlines() if line.startswith("- magnetic_tile: "))
     # Worst seed and precision counts: 0.939 (seed 1, int8) misses 0.95; 10 of 100 escapes misses 5 %.
     assert "worst 0.939 **missed by 0.011**" in mt and "pixel AUROC >= 0.95: worst 0.970 reached" in mt
     assert "escapes <= 5 %: worst 10.0 % **missed**" in mt and "image -0.0010" in mt
     assert "- kolektorsdd: image AUROC >= 0.95: worst 0.989 reached" in text
     assert "- bottle: not run." in text and "`bsdata-s0`" in text
     assert "| magnetic_tile | anovit-edge+disc | f32 | 0,1 | 0.950 ± 0.014 |" in text
+    assert "- kolektorsdd seed 0: 2000 steps (25 epochs), 1 thread(s) on cpu, 20 min; image score sigma 2." in text
