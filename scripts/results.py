@@ -54,15 +54,24 @@ def sh(cmd: list, log: Path) -> str:
     return r.stdout
 
 
-def plan_ratio(run: Path, demo_plan: Path, log: Path) -> float:
-    """Median time of the run's compiled int8 plan over the demo-int8 plan's, one thread, timed
-    in turn in one `anovit bench` run."""
-    plan = run / "int8-plan"
-    sh([ANOVIT, "compile", "--model", run / "int8", "--out", plan], log)
-    out = sh([ANOVIT, "bench", "--model", demo_plan, "--model", plan, "--threads", "1", "--frames", "0",
-              "--runs", "10", "--rounds", "10"], log)
+def plan_ratios(runs: list[Path], demo_plan: Path, log: Path) -> list[float]:
+    """Median time of each run's compiled int8 plan over the demo-int8 plan's, one thread, all
+    timed in turn in one `anovit bench` run (so they share the machine's state alike)."""
+    plans = [run / "int8-plan" for run in runs]
+    for run, plan in zip(runs, plans):
+        if not (plan / "manifest.json").is_file():
+            sh([ANOVIT, "compile", "--model", run / "int8", "--out", plan], log)
+    # Links under distinct names: bench labels each plan by its folder name.
+    named = []
+    for run, plan in zip(runs, plans):
+        link = OUT / f"plan-{run.name}"
+        if not link.exists():
+            link.symlink_to(plan)
+        named.append(link)
+    models = [a for p in [demo_plan, *named] for a in ("--model", p)]
+    out = sh([ANOVIT, "bench", *models, "--threads", "1", "--frames", "0", "--runs", "10", "--rounds", "10"], log)
     medians = {name: float(ms) for name, ms in PLAN_RE.findall(out)}
-    return medians[plan.name] / medians[demo_plan.name]
+    return [medians[p.name] / medians[demo_plan.name] for p in named]
 
 
 def run_one(ds: str, seed: int, py: str, demo_plan: Path, threads: int, device: str = "cpu") -> dict:
@@ -92,7 +101,7 @@ def run_one(ds: str, seed: int, py: str, demo_plan: Path, threads: int, device: 
            "gflop": manifest["model"]["gflop"], "sigma": manifest["scoring"]["sigma"], "results": {}}
     for prec, b in bundles.items():
         out["results"][prec] = compare.evaluate(run, prec, b, good, data, cfg["layout"], {}, log)
-    out["plan_ms_ratio_vs_demo_int8"] = plan_ratio(run, demo_plan, log)
+    out["plan_ms_ratio_vs_demo_int8"] = plan_ratios([run], demo_plan, log)[0]
     (run / "summary.json").write_text(json.dumps(out, indent=1) + "\n")
     return out
 
@@ -110,13 +119,14 @@ def row(s: dict, prec: str) -> dict:
                                            if "plan_ms_ratio_vs_demo_int8" in s else None)}
 
 
-def spread(vals: list[float]) -> str:
+def spread(vals: list[float], nd: int = 3) -> str:
+    """Mean and sample standard deviation over seeds (the value itself for one)."""
     vals = [v for v in vals if v is not None]
     if not vals:
         return "–"
     if len(vals) == 1:
-        return f"{vals[0]:.3f}"
-    return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+        return f"{vals[0]:.{nd}f}"
+    return f"{statistics.mean(vals):.{nd}f} ± {statistics.stdev(vals):.{nd}f}"
 
 
 def section(summaries: list[dict], baselines: list[dict], missing: list[str]) -> str:
@@ -132,8 +142,9 @@ def section(summaries: list[dict], baselines: list[dict], missing: list[str]) ->
              "calibrate` on the validation goods (1 % target, 95 % confidence). int8: the bundle quantised by",
              "`scripts/quantize.py` and run by tract's integer path (the discriminative stage stays f32).",
              "`plan ratio`: median time of the compiled int8 plan over the demo-int8 plan's, 1 thread, side by",
-             "side in one `anovit bench` run (AMD EPYC, 2 cores, other jobs sharing them). Baselines: the",
-             "reconstruction-only recipes of `scripts/compare.py` (`edge-c01`, `cae-c01`).", "",
+             "side in one `anovit bench` run (AMD EPYC, 2 cores; `--rebench` times them all again in one run).",
+             "Baselines: the reconstruction-only recipes of `scripts/compare.py` (`edge-c01`, `cae-c01`); where",
+             "their runs are not in out/compare/, the section below has them for bottle and Magnetic Tile.", "",
              "| data set | model | precision | seeds | image AUROC | pixel AUROC | AUPRO 0.3 | escapes | false rejects "
              "| train min | plan ratio |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -151,7 +162,7 @@ def section(summaries: list[dict], baselines: list[dict], missing: list[str]) ->
             lines.append(f"| {ds} | {BASELINES.get(model, model)} | {prec} | {','.join(str(r['seed']) for r in rows)} "
                          f"| {spread([r['image_auroc'] for r in rows])} | {spread([r['pixel_auroc'] for r in rows])} "
                          f"| {spread([r['aupro'] for r in rows])} | {esc} | {fr} "
-                         f"| {spread([r['train_minutes'] for r in rows])} "
+                         f"| {spread([r['train_minutes'] for r in rows], 0)} "
                          f"| {spread(ratio) if ratio else '–'} |")
     lines += ["", "How each run was trained (`train min` is wall time, with whatever else shared the cores):", ""]
     for s_ in summaries:
@@ -200,6 +211,8 @@ def main() -> None:
     p.add_argument("--reuse", action="store_true", help="keep finished runs (out/results/*/summary.json)")
     p.add_argument("--finished-only", action="store_true", help="with --reuse: train nothing, list what is missing")
     p.add_argument("--baselines", action="store_true", help="train the compare.py baselines that are missing")
+    p.add_argument("--rebench", action="store_true",
+                   help="time every run's plan again, all in one `anovit bench` run (on a quiet machine)")
     p.add_argument("--json", type=Path, default=ROOT / "docs" / "results.json")
     p.add_argument("--results", type=Path, default=ROOT / "docs" / "RESULTS.md")
     args = p.parse_args()
@@ -228,6 +241,11 @@ def main() -> None:
                 baselines.append({**compare.run_one(ds, model, sys.executable), "seed": 0})
             else:
                 missing.append(f"{ds}-{model} (compare.py)")
+    if args.rebench and summaries:
+        runs = [OUT / f"{s['dataset']}-s{s['seed']}" for s in summaries]
+        for s, r, run in zip(summaries, plan_ratios(runs, demo_plan, OUT / "log.txt"), runs):
+            s["plan_ms_ratio_vs_demo_int8"] = r
+            (run / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
     rows = [row(s, prec) for s in summaries + baselines for prec in s["results"]]
     args.json.write_text(json.dumps(rows, indent=1) + "\n")
     write_section(args.results, "default-recipe", section(summaries, baselines, missing))
