@@ -93,12 +93,18 @@ SAME_RECIPE = [("edge", "cae"), ("edge-c01", "cae-c01"), ("edge-c01-s1", "cae-c0
                ("edge-c01-ref", "cae-c01-ref"), ("edge-c01-s1-ref", "cae-c01-s1-ref")]
 
 
-def sh(cmd: list, log: Path) -> None:
+def sh(cmd: list, log: Path) -> str:
+    """Runs a command with its output streamed into log (long training shows progress there);
+    returns what it wrote."""
     print("+", " ".join(str(c) for c in cmd), flush=True)
     with open(log, "a") as f:
+        start = f.tell()
         r = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT)
     if r.returncode:
         sys.exit(f"failed ({r.returncode}): {' '.join(str(c) for c in cmd)}; see {log}")
+    with open(log) as f:
+        f.seek(start)
+        return f.read()
 
 
 def run_one(ds: str, model: str, py: str, threads: int = 2) -> dict:

@@ -86,8 +86,8 @@ def main(args) -> dict:
     recon_err, score_err = [], []
     for x in check:
         recon_err.append(common.rel_l2(i8.reconstruct(x), f32.reconstruct(x)))
-        # Scores without the reference: the model's own error, not the reference's.
-        s32, s8 = (float(common.smooth(m.raw_map(x), sc["sigma"], sc["truncate"]).max()) for m in (f32, i8))
+        # An explicit sigma scores without the reference: the model's own error, not the reference's.
+        s32, s8 = (m.score(x, sc["sigma"]) for m in (f32, i8))
         score_err.append(abs(s8 - s32) / s32)
     stats = m32["threshold"]["stats"]
     manifest["threshold"] = common.threshold_good_quantile(

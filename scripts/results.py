@@ -29,7 +29,7 @@ import common
 import compare
 from docsection import write_section
 
-ROOT, DATA, ANOVIT = compare.ROOT, compare.DATA, compare.ANOVIT
+ROOT, DATA, ANOVIT, sh = compare.ROOT, compare.DATA, compare.ANOVIT, compare.sh
 OUT = ROOT / "out" / "results"
 BASELINES = {"edge-c01": "reconstruction-only AnoViT-edge", "cae-c01": "CAE"}
 MODEL = "anovit-edge+disc"
@@ -43,35 +43,18 @@ TARGETS = {
 PLAN_RE = re.compile(r"^plan (\S+) \(int8\) 1 thread\(s\): median ([0-9.]+) ms", re.M)
 
 
-def sh(cmd: list, log: Path) -> str:
-    """Runs a command, appending its output to log; returns the output."""
-    print("+", " ".join(str(c) for c in cmd), flush=True)
-    r = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    with open(log, "a") as f:
-        f.write(r.stdout)
-    if r.returncode:
-        sys.exit(f"failed ({r.returncode}): {' '.join(str(c) for c in cmd)}; see {log}")
-    return r.stdout
-
-
 def plan_ratios(runs: list[Path], demo_plan: Path, log: Path) -> list[float]:
     """Median time of each run's compiled int8 plan over the demo-int8 plan's, one thread, all
     timed in turn in one `anovit bench` run (so they share the machine's state alike)."""
-    plans = [run / "int8-plan" for run in runs]
+    # Compiled into folders of distinct names: bench labels each plan by its folder name.
+    plans = [OUT / f"plan-{run.name}" for run in runs]
     for run, plan in zip(runs, plans):
         if not (plan / "manifest.json").is_file():
             sh([ANOVIT, "compile", "--model", run / "int8", "--out", plan], log)
-    # Links under distinct names: bench labels each plan by its folder name.
-    named = []
-    for run, plan in zip(runs, plans):
-        link = OUT / f"plan-{run.name}"
-        if not link.exists():
-            link.symlink_to(plan)
-        named.append(link)
-    models = [a for p in [demo_plan, *named] for a in ("--model", p)]
+    models = [a for p in [demo_plan, *plans] for a in ("--model", p)]
     out = sh([ANOVIT, "bench", *models, "--threads", "1", "--frames", "0", "--runs", "10", "--rounds", "10"], log)
     medians = {name: float(ms) for name, ms in PLAN_RE.findall(out)}
-    return [medians[p.name] / medians[demo_plan.name] for p in named]
+    return [medians[p.name] / medians[demo_plan.name] for p in plans]
 
 
 def run_one(ds: str, seed: int, py: str, demo_plan: Path, threads: int, device: str = "cpu") -> dict:

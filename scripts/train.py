@@ -245,9 +245,14 @@ def evaluate_disc(model, x: torch.Tensor, masks: torch.Tensor, batch: int, devic
     out["loss"] = out["rec"] + out["seg"]
     if labels.any() and not labels.all():
         out["image_auroc"] = common.auroc(labels, p.flatten(1).amax(dim=1).numpy())
-        sel = torch.arange(len(p))[torch.from_numpy(labels)]
+        sel = torch.from_numpy(labels)
         out["pixel_auroc"] = common.auroc(m[sel].flatten().numpy(), p[sel].flatten().numpy())
     return out
+
+
+def args_dict(args) -> dict:
+    """The run's arguments as saved in checkpoints (paths as strings)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
 
 def state_path(out: Path) -> Path:
@@ -379,7 +384,7 @@ def train(args) -> dict:
                 "val_loss": best["val_loss"],
                 "recipe": args.recipe,
             },
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "args": args_dict(args),
             "history": history,
             "train_seconds": time.time() - start,
         }
@@ -416,7 +421,7 @@ def train(args) -> dict:
                     "scheds": [sc.state_dict() for sc in scheds], "gen": gen.get_state(),
                     "corrupt_gen": corrupt_gen.get_state(), "best": best, "history": history,
                     "seconds": elapsed, "epochs": args.epochs,
-                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}},
+                    "args": args_dict(args)},
                    state_path(args.out))
         # The discriminative recipe runs its fixed cosine schedule to the end.
         if not disc and epoch - best["epoch"] >= args.patience:

@@ -100,7 +100,7 @@ fn mismatch(path: &Path, why: String) -> Error {
 pub fn load_typed(bundle: &Bundle) -> Result<TypedModel> {
     let path = bundle.model_path();
     let m = &bundle.manifest;
-    let typed = match m.model.format() {
+    let mut typed = match m.model.format() {
         ModelFormat::Onnx => load_onnx(&path, m)?,
         ModelFormat::Nnef => load_nnef(&path, m)?,
     };
@@ -134,7 +134,6 @@ pub fn load_typed(bundle: &Bundle) -> Result<TypedModel> {
     }
     // Only the output the scorer reads leaves the plan (a learned map's reconstruction is
     // still computed, as the discriminative stage's input, but never copied out).
-    let mut typed = typed;
     if outputs.len() > 1 {
         let keep = typed.output_outlets().map_err(&err)?[out_index];
         typed.select_output_outlets(&[keep]).map_err(&err)?;
